@@ -1,0 +1,155 @@
+"""The world: how validation and status look up other objects.
+
+Validators and the status engine are pure functions of an object and a :class:`World`. The world is
+either *authoritative* — it holds every object there is (the admission webhook, the running control
+plane) — or *partial* — it holds only what one command was given (``meshplane validate -f``). The
+difference matters for references that cannot be found: in a partial world the object may simply not
+be among the inputs, so such findings are warnings, never errors.
+
+:class:`Index` is the in-memory world every caller uses; the store of the running control plane keeps
+one up to date.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from meshplane.controlplane.model import KINDS, AnyObject, Kind, ObjectKey, RefOrId, ResourceRef
+from meshplane.controlplane.wire import FrozenMap
+
+
+@dataclass(frozen=True)
+class KubeService:
+    """The parts of a core/v1 Service the mesh reads: who it selects."""
+
+    namespace: str
+    name: str
+    selector: FrozenMap[str] = FrozenMap()
+    deleting: bool = False
+
+
+class World(Protocol):
+    """Read-only lookups of other objects."""
+
+    @property
+    def authoritative(self) -> bool:
+        """True when every object that exists is in this world."""
+
+    def get(self, key: ObjectKey) -> AnyObject | None: ...
+
+    def by_id(self, kind: Kind, ocid: str) -> AnyObject | None: ...
+
+    def objects(self, kind: Kind) -> Iterable[AnyObject]: ...
+
+    def service(self, namespace: str, name: str) -> KubeService | None: ...
+
+    @property
+    def knows_services(self) -> bool:
+        """True when this world holds every core/v1 Service (so a missing one really is missing)."""
+
+
+def object_id(kind: Kind, namespace: str, name: str, uid: str = "") -> str:
+    """The deterministic OCID-style identifier meshplane gives an object.
+
+    The same object always gets the same identifier (so ``id`` references in manifests stay valid
+    across restarts); a re-created object with a new Kubernetes ``uid`` gets a new one, as in OCI.
+    """
+    info = KINDS[kind]
+    digest = hashlib.sha256(f"{kind.value}/{namespace}/{name}/{uid}".encode()).digest()
+    tail = base64.b32encode(digest).decode().rstrip("=").lower()[:60]
+    return f"ocid1.{info.ocid_type or kind.value.lower()}.oc1..{tail}"
+
+
+def id_of(obj: AnyObject) -> str | None:
+    """The object's identifier: the one in its status if set, else the deterministic one."""
+    info = KINDS[obj.kind]
+    if info.id_field is None:
+        return None
+    recorded: str | None = getattr(obj.status, info.id_field)
+    return recorded or object_id(obj.kind, obj.namespace, obj.name, obj.metadata.uid)
+
+
+def ref_key(ref: ResourceRef, kind: Kind, referrer_namespace: str) -> ObjectKey:
+    """Where a by-name reference points: its namespace defaults to the referrer's."""
+    return ObjectKey(kind, ref.namespace or referrer_namespace, ref.name)
+
+
+def resolve(world: World, target: RefOrId, kind: Kind, referrer_namespace: str) -> AnyObject | None:
+    """The object a ref-or-id names, if the world has it (by ``ref`` first, then by ``id``)."""
+    if target.ref is not None:
+        return world.get(ref_key(target.ref, kind, referrer_namespace))
+    if target.id is not None:
+        return world.by_id(kind, target.id)
+    return None
+
+
+def describe_target(target: RefOrId, kind: Kind, referrer_namespace: str) -> str:
+    """How a ref-or-id reads in a message: ``Mesh shop/shop-mesh`` or ``Mesh ocid1.mesh…``."""
+    if target.ref is not None:
+        return str(ref_key(target.ref, kind, referrer_namespace))
+    return f"{kind.value} {target.id}"
+
+
+class Index:
+    """An in-memory world: objects by key and by identifier, Services by namespace and name."""
+
+    def __init__(self, objects: Iterable[AnyObject] = (), services: Iterable[KubeService] = (), *,
+                 authoritative: bool = True, knows_services: bool | None = None) -> None:
+        self._objects: dict[ObjectKey, AnyObject] = {}
+        self._ids: dict[tuple[Kind, str], ObjectKey] = {}
+        self._services: dict[tuple[str, str], KubeService] = {}
+        self._authoritative = authoritative
+        self._knows_services = authoritative if knows_services is None else knows_services
+        for obj in objects:
+            self.put(obj)
+        for svc in services:
+            self.put_service(svc)
+
+    @property
+    def authoritative(self) -> bool:
+        return self._authoritative
+
+    @property
+    def knows_services(self) -> bool:
+        return self._knows_services
+
+    def put(self, obj: AnyObject) -> None:
+        self.remove(obj.key)
+        self._objects[obj.key] = obj
+        ocid = id_of(obj)
+        if ocid is not None:
+            self._ids[(obj.kind, ocid)] = obj.key
+
+    def remove(self, key: ObjectKey) -> AnyObject | None:
+        old = self._objects.pop(key, None)
+        if old is not None:
+            ocid = id_of(old)
+            if ocid is not None:
+                self._ids.pop((old.kind, ocid), None)
+        return old
+
+    def put_service(self, svc: KubeService) -> None:
+        self._services[(svc.namespace, svc.name)] = svc
+
+    def get(self, key: ObjectKey) -> AnyObject | None:
+        return self._objects.get(key)
+
+    def by_id(self, kind: Kind, ocid: str) -> AnyObject | None:
+        key = self._ids.get((kind, ocid))
+        return None if key is None else self._objects.get(key)
+
+    def objects(self, kind: Kind) -> Iterator[AnyObject]:
+        return (o for k, o in sorted(self._objects.items()) if k.kind is kind)
+
+    def all(self) -> list[AnyObject]:
+        return [o for _, o in sorted(self._objects.items())]
+
+    def service(self, namespace: str, name: str) -> KubeService | None:
+        return self._services.get((namespace, name))
+
+    def __len__(self) -> int:
+        return len(self._objects)

@@ -1,0 +1,1 @@
+"""meshplane: an Envoy service-mesh control plane for the OCI Service Mesh API."""
