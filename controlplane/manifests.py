@@ -1,0 +1,162 @@
+"""Reading manifests from files and directories: the I/O edge of every command that takes ``-f``.
+
+:func:`load` reads YAML or JSON files (a directory means every ``*.yaml``, ``*.yml`` and ``*.json``
+below it, in name order), splits multi-document YAML, and sorts what it finds into mesh objects,
+core/v1 Services (which VirtualDeploymentBindings select) and findings. One bad document never hides
+the others: each is parsed on its own, and a problem names the file and document it came from.
+Other Kubernetes kinds (Namespaces, Secrets, Deployments …) are kept aside untouched for the commands
+that need them; ``List`` objects are unpacked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meshplane.controlplane.model import API_GROUP, AnyObject, ObjectKey, parse_object
+from meshplane.controlplane.problems import Problem, error
+from meshplane.controlplane.wire import FrozenMap
+from meshplane.controlplane.world import KubeService
+
+SUFFIXES = (".yaml", ".yml", ".json")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a document came from: a file and the document's index in it (0-based)."""
+
+    path: str
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.path}#{self.index}" if self.index else self.path
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A problem about one document, with what is known of the object it describes."""
+
+    source: Source
+    kind: str
+    namespace: str
+    name: str
+    problem: Problem
+
+    def line(self) -> str:
+        """``Kind namespace/name: path: message`` — the format every command prints."""
+        tag = "warning: " if not self.problem.is_error else ""
+        where = f"{self.problem.path}: " if self.problem.path else ""
+        return f"{self.kind} {self.namespace}/{self.name}: {where}{tag}{self.problem.message}"
+
+
+@dataclass
+class Loaded:
+    """Everything read from a set of paths."""
+
+    objects: list[tuple[Source, AnyObject]] = field(default_factory=list)
+    services: list[KubeService] = field(default_factory=list)
+    others: list[tuple[Source, Mapping[str, Any]]] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+
+def load(paths: Iterable[str | Path]) -> Loaded:
+    """Read and sort every document under ``paths``; never raises for bad input."""
+    loaded = Loaded()
+    seen: dict[ObjectKey, Source] = {}
+    for source, raw in _documents(paths, loaded):
+        for item in _unpack(raw):
+            _sort(source, item, loaded, seen)
+    return loaded
+
+
+def _documents(paths: Iterable[str | Path], loaded: Loaded) -> Iterator[tuple[Source, Any]]:
+    for path in _files(paths, loaded):
+        try:
+            text = path.read_text(encoding="utf-8")
+            docs = list(yaml.safe_load_all(text))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            loaded.findings.append(_file_finding(str(path), _describe_read_error(exc)))
+            continue
+        for index, doc in enumerate(docs):
+            if doc is not None:
+                yield Source(str(path), index), doc
+
+
+def _files(paths: Iterable[str | Path], loaded: Loaded) -> Iterator[Path]:
+    for entry in paths:
+        path = Path(entry)
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
+        elif path.is_file():
+            yield path
+        else:
+            loaded.findings.append(_file_finding(str(path), "no such file or directory"))
+
+
+def _describe_read_error(exc: Exception) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    reason = getattr(exc, "problem", None) or str(exc)
+    return f"cannot be read: {where}{reason}"
+
+
+def _file_finding(path: str, message: str) -> Finding:
+    return Finding(Source(path, 0), "File", "-", path, error("", message))
+
+
+def _unpack(raw: Any) -> list[Any]:
+    """A ``kind: List`` (what ``kubectl get -o yaml`` prints) holds its objects under ``items``."""
+    if isinstance(raw, Mapping) and raw.get("kind") == "List" and isinstance(raw.get("items"), list):
+        return list(raw["items"])
+    return [raw]
+
+
+def _sort(source: Source, raw: Any, loaded: Loaded, seen: dict[ObjectKey, Source]) -> None:
+    if not isinstance(raw, Mapping):
+        loaded.findings.append(Finding(source, "Document", "-", str(source), error("", "a manifest must be an object")))
+        return
+    api_version = str(raw.get("apiVersion", ""))
+    if api_version.split("/", maxsplit=1)[0] == API_GROUP:
+        _sort_mesh_object(source, raw, loaded, seen)
+    elif api_version == "v1" and raw.get("kind") == "Service":
+        _sort_service(source, raw, loaded)
+    else:
+        loaded.others.append((source, raw))
+
+
+def _sort_mesh_object(source: Source, raw: Mapping[str, Any], loaded: Loaded, seen: dict[ObjectKey, Source]) -> None:
+    obj, problems = parse_object(raw)
+    kind, namespace, name = identity(raw)
+    loaded.findings += [Finding(source, kind, namespace, name, p) for p in problems]
+    if obj is None:
+        return
+    if obj.key in seen:
+        message = f"defined twice: also in {seen[obj.key]}; the first definition is used"
+        loaded.findings.append(Finding(source, kind, namespace, name, error("metadata.name", message)))
+        return
+    seen[obj.key] = source
+    loaded.objects.append((source, obj))
+
+
+def _sort_service(source: Source, raw: Mapping[str, Any], loaded: Loaded) -> None:
+    _, namespace, name = identity(raw)
+    spec = raw.get("spec") if isinstance(raw.get("spec"), Mapping) else {}
+    selector = spec.get("selector") if isinstance(spec, Mapping) else None
+    if not isinstance(selector, Mapping) or not all(isinstance(v, str) for v in selector.values()):
+        selector = {}
+    deleting = isinstance(raw.get("metadata"), Mapping) and raw["metadata"].get("deletionTimestamp") is not None
+    loaded.services.append(KubeService(namespace, name, FrozenMap(selector), deleting))
+
+
+def identity(raw: Mapping[str, Any]) -> tuple[str, str, str]:
+    """Kind, namespace and name of a raw manifest, as far as they can be told (for messages)."""
+    meta = raw.get("metadata") if isinstance(raw.get("metadata"), Mapping) else {}
+    assert isinstance(meta, Mapping)
+    kind = raw.get("kind") if isinstance(raw.get("kind"), str) and raw.get("kind") else "Object"
+    name = meta.get("name") if isinstance(meta.get("name"), str) and meta.get("name") else "<unnamed>"
+    namespace = meta.get("namespace") if isinstance(meta.get("namespace"), str) and meta.get("namespace") else "default"
+    return str(kind), str(namespace), str(name)
