@@ -26,10 +26,6 @@ CRD_API_VERSION = "apiextensions.k8s.io/v1"
 VERSION = API_VERSION.rsplit("/", 1)[1]
 LABELS = {"app.kubernetes.io/part-of": "meshplane"}
 
-# The order of status.conditions, which the printer columns index into (spec §2.4, §2.5).
-BACKED_CONDITIONS = (ConditionType.DEPENDENCIES_ACTIVE, ConditionType.CONFIGURED, ConditionType.ACTIVE)
-UNBACKED_CONDITIONS = (ConditionType.DEPENDENCIES_ACTIVE, ConditionType.ACTIVE)
-
 # Kinds without an identifier of their own show the identifier and name of the object they serve.
 _SERVED = {
     Kind.VIRTUAL_DEPLOYMENT_BINDING: Kind.VIRTUAL_DEPLOYMENT,
@@ -94,7 +90,7 @@ def object_schema(info: KindInfo) -> dict[str, Any]:
 
 def printer_columns(info: KindInfo) -> list[Column]:
     """OSOK's ``kubectl get`` columns for the kind, in OSOK's order."""
-    conditions = BACKED_CONDITIONS if info.backed else UNBACKED_CONDITIONS
+    conditions = info.conditions
     columns = [_condition_column("Active", ConditionType.ACTIVE, conditions, "Whether the object is in effect.")]
     if info.backed:
         columns.append(_condition_column("Configured", ConditionType.CONFIGURED, conditions,

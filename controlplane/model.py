@@ -726,6 +726,13 @@ class KindInfo:
     def singular(self) -> str:
         return self.kind.value.lower()
 
+    @property
+    def conditions(self) -> tuple[ConditionType, ...]:
+        """The kind's conditions in OSOK's index order, which the printer columns address by position."""
+        if self.backed:
+            return (ConditionType.DEPENDENCIES_ACTIVE, ConditionType.CONFIGURED, ConditionType.ACTIVE)
+        return (ConditionType.DEPENDENCIES_ACTIVE, ConditionType.ACTIVE)
+
 
 KINDS: Mapping[Kind, KindInfo] = {
     info.kind: info

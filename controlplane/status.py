@@ -120,9 +120,7 @@ class Verdict:
 
 def condition_types(kind: Kind) -> tuple[ConditionType, ...]:
     """The conditions of a kind in OSOK's index order, which the printer columns rely on."""
-    if KINDS[kind].backed:
-        return (DEPENDENCIES_ACTIVE, CONFIGURED, ACTIVE)
-    return (DEPENDENCIES_ACTIVE, ACTIVE)
+    return KINDS[kind].conditions
 
 
 def is_ready(obj: AnyObject, status: Status | None = None) -> bool:

@@ -347,7 +347,7 @@ def _object_schema(cls: type) -> dict[str, Any]:
     out: dict[str, Any] = {"type": "object"}
     doc = (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
     if doc and not doc.startswith(cls.__name__ + "("):
-        out["description"] = " ".join(doc.split())
+        out["description"] = " ".join(doc.replace("``", "").split())
     if infos:
         out["properties"] = {i.wire: _field_schema(i) for i in infos}
     required = [i.wire for i in infos if i.required]

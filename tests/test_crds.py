@@ -338,3 +338,32 @@ def test_unknown_fields_pass_the_schema_but_not_the_parser() -> None:
     assert _schema_errors(manifest) == []  # the API server prunes unknown fields silently …
     _, problems = parse_object(manifest)
     assert [p.path for p in problems] == ["spec.mtls.minimun"]  # … so admission must reject them
+
+
+_JUNCTOR_FORBIDDEN = {"description", "type", "default", "additionalProperties", "nullable"}
+
+
+def _structural_violations(node: dict[str, Any], path: str) -> Iterator[str]:
+    """Kubernetes' structural-schema rules, which the API server enforces when a CRD is applied."""
+    if "type" not in node and not node.get("x-kubernetes-int-or-string"):
+        yield f"{path}: no type"
+    if "properties" in node and "additionalProperties" in node:
+        yield f"{path}: both properties and additionalProperties"
+    if node.get("type") == "array" and "items" not in node:
+        yield f"{path}: array without items"
+    for branch in node.get("anyOf", []):
+        yield from (f"{path}.anyOf: {key} not allowed" for key in _JUNCTOR_FORBIDDEN & set(branch) - {"type"})
+    for name, child in node.get("properties", {}).items():
+        yield from _structural_violations(child, f"{path}.{name}")
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            yield from _structural_violations(node[key], f"{path}.{key}")
+
+
+@pytest.mark.parametrize("kind", list(Kind), ids=str)
+def test_crd_schemas_are_structural(kind: Kind) -> None:
+    schema = OURS[kind.value]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert list(_structural_violations(schema, kind.value)) == []
+    broken = copy.deepcopy(schema)
+    del broken["properties"]["metadata"]["type"]
+    assert list(_structural_violations(broken, kind.value)) == [f"{kind.value}.metadata: no type"]

@@ -3,12 +3,14 @@
 Manifests come from OCI's samples and our examples, then are mutated at random places: keys dropped,
 values replaced by arbitrary JSON, unknown keys added, lists emptied. Every parse result must be either
 a model with no problems or no model with at least one problem, and every model must survive
-validation (create, update against the original, delete) and a dump/parse round trip.
+validation (create, update against the original, delete) and a dump/parse round trip; any world of
+valid objects gets a status for every object that is itself valid against the schema.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +18,17 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshplane.controlplane.model import AnyObject, dump_object, parse_object
+from meshplane.controlplane import wire
+from meshplane.controlplane.model import KINDS, REASON_PATTERN, AnyObject, Status, dump_object, parse_object
 from meshplane.controlplane.problems import Problem
+from meshplane.controlplane.status import compute_status
 from meshplane.controlplane.validation import validate
 from meshplane.controlplane.world import Index
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_DIRS = [ROOT.parent / "shared" / "osok" / "samples", ROOT / "examples"]
 MESH_GROUP = "servicemesh.oci.oracle.com/"
+REASON = re.compile(REASON_PATTERN)
 
 
 def _base_manifests() -> list[dict[str, Any]]:
@@ -113,3 +118,19 @@ def test_mutated_manifests_never_crash_parsing_or_validation(pair: tuple[dict[st
         assert all(isinstance(p, Problem) and p.path is not None and p.message for p in found)
     again, again_problems = parse_object(dump_object(obj))
     assert again_problems == [] and again == obj, "dump then parse gives the same model"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(mutated_manifests(), min_size=1, max_size=12))
+def test_any_world_of_valid_objects_gets_a_well_formed_status(pairs: list[tuple[dict[str, Any], Any]]) -> None:
+    objects = [o for o in (parse_object(m)[0] for _, m in pairs) if o is not None]
+    objects += [o for o in (parse_object(b)[0] for b in BASES) if o is not None]
+    world = Index(objects)
+    statuses = compute_status(world, now="2026-01-01T00:00:00Z")
+    assert set(statuses) == {o.key for o in world.all()}
+    for obj in world.all():
+        conditions = statuses[obj.key].conditions
+        assert tuple(c.type for c in conditions) == KINDS[obj.kind].conditions
+        assert all(REASON.fullmatch(c.reason) and len(c.message) <= 32768 for c in conditions)
+        status, problems = wire.parse(Status, wire.dump(statuses[obj.key]), "status")
+        assert problems == [] and status == statuses[obj.key], "a computed status is valid against the schema"
