@@ -8,7 +8,6 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-import yaml
 
 from meshplane.controlplane.model import (
     KINDS,
@@ -45,6 +44,7 @@ from meshplane.controlplane.status import (
 )
 from meshplane.controlplane.wire import FrozenMap
 from meshplane.controlplane.world import Index, object_id
+from tests import data
 
 TRUE, FALSE, UNKNOWN = ConditionStatus.TRUE, ConditionStatus.FALSE, ConditionStatus.UNKNOWN
 DEPS, CONFIGURED, ACTIVE = ConditionType.DEPENDENCIES_ACTIVE, ConditionType.CONFIGURED, ConditionType.ACTIVE
@@ -54,113 +54,6 @@ VDB, IGD = Kind.VIRTUAL_DEPLOYMENT_BINDING, Kind.INGRESS_GATEWAY_DEPLOYMENT
 NS = "shop"
 T1, T2, T3 = "2024-05-01T10:00:00Z", "2024-05-01T11:00:00Z", "2024-05-01T12:00:00Z"
 
-# The minimal canary set of the API reference (§9.1), mesh kinds only.
-CANARY = """
-apiVersion: servicemesh.oci.oracle.com/v1beta1
-kind: Mesh
-metadata: {name: shop-mesh, namespace: shop}
-spec:
-  compartmentId: ocid1.compartment.oc1..example
-  certificateAuthorities: [{id: ocid1.certificateauthority.oc1..example}]
-  mtls: {minimum: PERMISSIVE}
----
-apiVersion: servicemesh.oci.oracle.com/v1beta1
-kind: VirtualService
-metadata: {name: reviews, namespace: shop}
-spec:
-  mesh: {ref: {name: shop-mesh}}
-  hosts: [reviews.shop.svc.cluster.local]
-  defaultRoutingPolicy: {type: UNIFORM}
-  mtls: {mode: STRICT}
----
-apiVersion: servicemesh.oci.oracle.com/v1beta1
-kind: VirtualDeployment
-metadata: {name: reviews-v1, namespace: shop}
-spec:
-  virtualService: {ref: {name: reviews}}
-  serviceDiscovery: {type: DNS, hostname: reviews-v1.shop.svc.cluster.local}
-  listener: [{protocol: HTTP, port: 9080}]
----
-apiVersion: servicemesh.oci.oracle.com/v1beta1
-kind: VirtualDeployment
-metadata: {name: reviews-v2, namespace: shop}
-spec:
-  virtualService: {ref: {name: reviews}}
-  serviceDiscovery: {type: DNS, hostname: reviews-v2.shop.svc.cluster.local}
-  listener: [{protocol: HTTP, port: 9080}]
----
-apiVersion: servicemesh.oci.oracle.com/v1beta1
-kind: VirtualServiceRouteTable
-metadata: {name: reviews-canary, namespace: shop}
-spec:
-  virtualService: {ref: {name: reviews}}
-  routeRules:
-    - httpRoute:
-        path: /
-        pathType: PREFIX
-        destinations:
-          - {virtualDeployment: {ref: {name: reviews-v1}}, weight: 90, port: 9080}
-          - {virtualDeployment: {ref: {name: reviews-v2}}, weight: 10, port: 9080}
----
-apiVersion: servicemesh.oci.oracle.com/v1beta1
-kind: VirtualDeploymentBinding
-metadata: {name: reviews-v1-binding, namespace: shop}
-spec:
-  virtualDeployment: {ref: {name: reviews-v1}}
-  target: {service: {ref: {name: reviews}, matchLabels: {version: v1}}}
----
-apiVersion: servicemesh.oci.oracle.com/v1beta1
-kind: VirtualDeploymentBinding
-metadata: {name: reviews-v2-binding, namespace: shop}
-spec:
-  virtualDeployment: {ref: {name: reviews-v2}}
-  target: {service: {ref: {name: reviews}, matchLabels: {version: v2}}}
----
-apiVersion: servicemesh.oci.oracle.com/v1beta1
-kind: IngressGateway
-metadata: {name: shop-gw, namespace: shop}
-spec:
-  mesh: {ref: {name: shop-mesh}}
-  hosts:
-    - name: public
-      hostnames: [shop.example.com]
-      listeners: [{protocol: HTTP, port: 8080, tls: {mode: DISABLED}}]
----
-apiVersion: servicemesh.oci.oracle.com/v1beta1
-kind: IngressGatewayDeployment
-metadata: {name: shop-gw-deploy, namespace: shop}
-spec:
-  ingressGateway: {ref: {name: shop-gw}}
-  deployment: {autoscaling: {minPods: 1, maxPods: 3}}
-  ports: [{protocol: TCP, port: 8080, serviceport: 80}]
-  service: {type: LoadBalancer}
----
-apiVersion: servicemesh.oci.oracle.com/v1beta1
-kind: IngressGatewayRouteTable
-metadata: {name: shop-gw-routes, namespace: shop}
-spec:
-  ingressGateway: {ref: {name: shop-gw}}
-  routeRules:
-    - httpRoute:
-        ingressGatewayHost: {name: public}
-        path: /reviews
-        pathType: PREFIX
-        destinations: [{virtualService: {ref: {name: reviews}}, port: 9080}]
----
-apiVersion: servicemesh.oci.oracle.com/v1beta1
-kind: AccessPolicy
-metadata: {name: shop-policy, namespace: shop}
-spec:
-  mesh: {ref: {name: shop-mesh}}
-  rules:
-    - action: ALLOW
-      source: {ingressGateway: {ref: {name: shop-gw}}}
-      destination: {virtualService: {ref: {name: reviews}}}
-    - action: ALLOW
-      source: {virtualService: {ref: {name: reviews}}}
-      destination:
-        externalService: {httpsExternalService: {hostnames: [api.ratings.example.com], ports: [443]}}
-"""
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -173,7 +66,7 @@ def parse(raw: Any) -> AnyObject:
 
 
 def canary() -> list[AnyObject]:
-    return [parse(raw) for raw in yaml.safe_load_all(CANARY)]
+    return [parse(raw) for raw in data.manifests("canary")]
 
 
 def make(kind: Kind, name: str, spec: dict[str, Any], *, namespace: str = NS, generation: int = 1,

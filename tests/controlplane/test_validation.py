@@ -24,131 +24,15 @@ from meshplane.controlplane.model import AnyObject, Kind, parse_object
 from meshplane.controlplane.problems import Problem, Severity
 from meshplane.controlplane.validation import validate
 from meshplane.controlplane.world import Index, KubeService, id_of
+from tests import data
 
 Manifest = dict[str, Any]
 ERROR, WARNING = Severity.ERROR, Severity.WARNING
 DROP = object()  # as a change value: remove the field
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "osok" / "samples"
 
-CANARY = """
-apiVersion: servicemesh.oci.oracle.com/v1beta1
-kind: Mesh
-metadata: {name: shop-mesh, namespace: shop}
-spec:
-  compartmentId: ocid1.compartment.oc1..example
-  certificateAuthorities: [{id: ocid1.certificateauthority.oc1..example}]
-  mtls: {minimum: PERMISSIVE}
----
-apiVersion: servicemesh.oci.oracle.com/v1beta1
-kind: VirtualService
-metadata: {name: reviews, namespace: shop}
-spec:
-  compartmentId: ocid1.compartment.oc1..example
-  mesh: {ref: {name: shop-mesh}}
-  hosts: [reviews.shop.svc.cluster.local]
-  defaultRoutingPolicy: {type: UNIFORM}
-  mtls: {mode: STRICT}
----
-apiVersion: servicemesh.oci.oracle.com/v1beta1
-kind: VirtualDeployment
-metadata: {name: reviews-v1, namespace: shop}
-spec:
-  compartmentId: ocid1.compartment.oc1..example
-  virtualService: {ref: {name: reviews}}
-  serviceDiscovery: {type: DNS, hostname: reviews-v1.shop.svc.cluster.local}
-  listener: [{protocol: HTTP, port: 9080}]
-  accessLogging: {isEnabled: true}
----
-apiVersion: servicemesh.oci.oracle.com/v1beta1
-kind: VirtualDeployment
-metadata: {name: reviews-v2, namespace: shop}
-spec:
-  compartmentId: ocid1.compartment.oc1..example
-  virtualService: {ref: {name: reviews}}
-  serviceDiscovery: {type: DNS, hostname: reviews-v2.shop.svc.cluster.local}
-  listener: [{protocol: HTTP, port: 9080, requestTimeoutInMs: 30000}]
----
-apiVersion: servicemesh.oci.oracle.com/v1beta1
-kind: VirtualServiceRouteTable
-metadata: {name: reviews-canary, namespace: shop}
-spec:
-  compartmentId: ocid1.compartment.oc1..example
-  virtualService: {ref: {name: reviews}}
-  priority: 10
-  routeRules:
-    - httpRoute:
-        path: /
-        pathType: PREFIX
-        destinations:
-          - {virtualDeployment: {ref: {name: reviews-v1}}, weight: 90, port: 9080}
-          - {virtualDeployment: {ref: {name: reviews-v2}}, weight: 10, port: 9080}
----
-apiVersion: servicemesh.oci.oracle.com/v1beta1
-kind: VirtualDeploymentBinding
-metadata: {name: reviews-v1-binding, namespace: shop}
-spec:
-  virtualDeployment: {ref: {name: reviews-v1}}
-  target:
-    service:
-      ref: {name: reviews}
-      matchLabels: {version: v1}
----
-apiVersion: servicemesh.oci.oracle.com/v1beta1
-kind: IngressGateway
-metadata: {name: shop-gw, namespace: shop}
-spec:
-  compartmentId: ocid1.compartment.oc1..example
-  mesh: {ref: {name: shop-mesh}}
-  hosts:
-    - name: public
-      hostnames: [shop.example.com]
-      listeners:
-        - {protocol: HTTP, port: 8080, tls: {mode: DISABLED}}
----
-apiVersion: servicemesh.oci.oracle.com/v1beta1
-kind: IngressGatewayDeployment
-metadata: {name: shop-gw-deploy, namespace: shop}
-spec:
-  ingressGateway: {ref: {name: shop-gw}}
-  deployment:
-    autoscaling: {minPods: 1, maxPods: 3}
-  ports:
-    - {protocol: TCP, port: 8080, serviceport: 80}
-  service: {type: LoadBalancer}
----
-apiVersion: servicemesh.oci.oracle.com/v1beta1
-kind: IngressGatewayRouteTable
-metadata: {name: shop-gw-routes, namespace: shop}
-spec:
-  compartmentId: ocid1.compartment.oc1..example
-  ingressGateway: {ref: {name: shop-gw}}
-  routeRules:
-    - httpRoute:
-        ingressGatewayHost: {name: public}
-        path: /reviews
-        pathType: PREFIX
-        isPathRewriteEnabled: true
-        destinations:
-          - {virtualService: {ref: {name: reviews}}, port: 9080}
----
-apiVersion: servicemesh.oci.oracle.com/v1beta1
-kind: AccessPolicy
-metadata: {name: shop-policy, namespace: shop}
-spec:
-  compartmentId: ocid1.compartment.oc1..example
-  mesh: {ref: {name: shop-mesh}}
-  rules:
-    - action: ALLOW
-      source: {ingressGateway: {ref: {name: shop-gw}}}
-      destination: {virtualService: {ref: {name: reviews}}}
-    - action: ALLOW
-      source: {virtualService: {ref: {name: reviews}}}
-      destination:
-        externalService:
-          httpsExternalService: {hostnames: [api.ratings.example.com], ports: [443]}
-"""
 
-BASE: dict[str, Manifest] = {doc["metadata"]["name"]: doc for doc in yaml.safe_load_all(CANARY)}
+BASE: dict[str, Manifest] = {doc["metadata"]["name"]: doc for doc in data.manifests("canary")}
 SERVICES = (KubeService("shop", "reviews"),)
 TIMESTAMP = "2024-05-01T10:00:00Z"
 CONDITION_TYPES = ("ServiceMeshDependenciesActive", "ServiceMeshConfigured", "ServiceMeshActive")
