@@ -152,7 +152,7 @@ class CertificateAuthority:
 class MeshMtls:
     """The mTLS floor of the mesh: every virtual service must use at least this mode."""
 
-    minimum: MtlsMode
+    minimum: MtlsMode = f(doc="DISABLED: any mode; PERMISSIVE: PERMISSIVE or STRICT; STRICT: STRICT only.")
 
 
 @dataclass(frozen=True)
@@ -175,14 +175,14 @@ class MeshSpec:
 class DefaultRoutingPolicy:
     """How traffic is routed when the virtual service has no route table."""
 
-    type: RoutingPolicyType
+    type: RoutingPolicyType = f(doc="UNIFORM spreads traffic evenly over the deployments; DENY routes nothing.")
 
 
 @dataclass(frozen=True)
 class VirtualServiceMtlsSpec:
     """The mTLS mode of the virtual service; at least the mesh minimum."""
 
-    mode: MtlsMode
+    mode: MtlsMode = f(doc="DISABLED: plaintext; PERMISSIVE: mTLS or plaintext; STRICT: mTLS only.")
 
 
 @dataclass(frozen=True)
@@ -207,8 +207,8 @@ class VirtualServiceSpec:
 class ServiceDiscovery:
     """How callers find this deployment's pods: a DNS hostname, or none."""
 
-    type: ServiceDiscoveryType
-    hostname: str | None = None
+    type: ServiceDiscoveryType = f(doc="DNS: the deployment is reachable under hostname; DISABLED: it serves nothing.")
+    hostname: str | None = f(None, doc="The DNS name of this deployment's pods; required with DNS.")
 
 
 @dataclass(frozen=True)
@@ -216,9 +216,10 @@ class Listener:
     """A port the application listens on, and its protocol."""
 
     protocol: ListenerProtocol
-    port: int = f(**PORT)
-    request_timeout_in_ms: int | None = f(None, minimum=0, fmt="int64")
-    idle_timeout_in_ms: int | None = f(None, minimum=0, fmt="int64")
+    port: int = f(**PORT, doc="The port the application listens on.")
+    request_timeout_in_ms: int | None = f(None, minimum=0, fmt="int64", doc="Upstream response timeout; default "
+                                          "15 s for HTTP and HTTP2, none for GRPC; 0 disables it.")
+    idle_timeout_in_ms: int | None = f(None, minimum=0, fmt="int64", doc="Longest idle time of a stream; 0 disables.")
 
 
 @dataclass(frozen=True)
@@ -244,8 +245,8 @@ class VirtualDeploymentTarget:
     """A destination of a route rule: a virtual deployment, its relative weight and port."""
 
     virtual_deployment: RefOrId
-    weight: int = f(minimum=0, maximum=100)
-    port: int | None = f(None, **PORT)
+    weight: int = f(minimum=0, maximum=100, doc="Relative share of the rule's traffic.")
+    port: int | None = f(None, **PORT, doc="The listener port to target; every destination of a rule uses the same.")
 
 
 @dataclass(frozen=True)
@@ -253,10 +254,11 @@ class VsHttpRoute:
     """HTTP, HTTP/2 and gRPC traffic, matched by path prefix and optionally by gRPC content type."""
 
     destinations: tuple[VirtualDeploymentTarget, ...] = f(min_items=1, max_items=15)
-    path: str | None = None
+    path: str | None = f(None, doc="Path prefix to match; omitted matches every path.")
     path_type: PathType | None = None
-    is_grpc: bool = False
-    request_timeout_in_ms: int | None = f(None, minimum=0, fmt="int64")
+    is_grpc: bool = f(False, doc="Match only gRPC requests (content-type application/grpc).")
+    request_timeout_in_ms: int | None = f(None, minimum=0, fmt="int64", doc="Overrides the listener's timeout; "
+                                          "0 disables it.")
 
 
 @dataclass(frozen=True)
@@ -308,24 +310,24 @@ class AllVirtualServices:
 class HttpExternalService:
     """Plain HTTP to hosts outside the mesh, by Host header."""
 
-    hostnames: tuple[str, ...] = f(min_items=1, max_items=10)
-    ports: tuple[int, ...] = f((), max_items=10, **PORT)
+    hostnames: tuple[str, ...] = f(min_items=1, max_items=10, doc="Host names; '*.' prefix wildcards; '*' is any.")
+    ports: tuple[int, ...] = f((), max_items=10, **PORT, doc="Allowed ports; empty allows every port.")
 
 
 @dataclass(frozen=True)
 class HttpsExternalService:
     """TLS to hosts outside the mesh, by SNI."""
 
-    hostnames: tuple[str, ...] = f(min_items=1, max_items=10)
-    ports: tuple[int, ...] = f((), max_items=10, **PORT)
+    hostnames: tuple[str, ...] = f(min_items=1, max_items=10, doc="SNI names; '*.' prefix wildcards; '*' is any.")
+    ports: tuple[int, ...] = f((), max_items=10, **PORT, doc="Allowed ports; empty allows every port.")
 
 
 @dataclass(frozen=True)
 class TcpExternalService:
     """TCP to addresses outside the mesh, by CIDR."""
 
-    ip_addresses: tuple[str, ...] = f(min_items=1, max_items=10)
-    ports: tuple[int, ...] = f((), max_items=10, **PORT)
+    ip_addresses: tuple[str, ...] = f(min_items=1, max_items=10, doc="Destinations in CIDR notation.")
+    ports: tuple[int, ...] = f((), max_items=10, **PORT, doc="Allowed ports; empty allows every port.")
 
 
 @dataclass(frozen=True)
@@ -421,14 +423,16 @@ class ClientValidation:
     """How client certificates are verified."""
 
     trusted_ca_bundle: CaBundle | None = None
-    subject_alternate_names: tuple[str, ...] = f((), max_items=10)
+    subject_alternate_names: tuple[str, ...] = f((), max_items=10, doc="Accept only client certificates with one "
+                                                 "of these names.")
 
 
 @dataclass(frozen=True)
 class IngressListenerTls:
     """TLS on a gateway listener."""
 
-    mode: IngressTlsMode
+    mode: IngressTlsMode = f(doc="DISABLED: plaintext; PERMISSIVE: plaintext or TLS; TLS: TLS only; "
+                                 "MUTUAL_TLS: TLS with a client certificate.")
     server_certificate: TlsCertificate | None = None
     client_validation: ClientValidation | None = None
 
@@ -438,7 +442,7 @@ class IngressGatewayListener:
     """A port the gateway listens on."""
 
     protocol: IngressProtocol
-    port: int = f(**PORT)
+    port: int = f(**PORT, doc="The gateway's container port; at least 1024.")
     tls: IngressListenerTls | None = None
 
 
@@ -446,9 +450,10 @@ class IngressGatewayListener:
 class IngressGatewayHost:
     """A named set of hostnames and the listeners that serve them."""
 
-    name: str = f(**NAME)
+    name: str = f(**NAME, doc="Route tables attach to the host by this name.")
     listeners: tuple[IngressGatewayListener, ...] = f(min_items=1, max_items=10)
-    hostnames: tuple[str, ...] = f((), max_items=10)
+    hostnames: tuple[str, ...] = f((), max_items=10, doc="Host names served; '*.' prefix wildcards. Required "
+                                   "for HTTP and TLS_PASSTHROUGH listeners.")
 
 
 @dataclass(frozen=True)
@@ -472,8 +477,8 @@ class IngressGatewaySpec:
 class IngressGatewayHostRef:
     """A host of the gateway, by name, and optionally one of its listener ports."""
 
-    name: str = f(**NAME)
-    port: int | None = f(None, **PORT)
+    name: str = f(**NAME, doc="The name of a host of the gateway.")
+    port: int | None = f(None, **PORT, doc="Only that host's listener on this port; omitted means all of them.")
 
 
 @dataclass(frozen=True)
@@ -494,8 +499,8 @@ class IgHttpRoute:
     path: str | None = None
     path_type: PathType | None = None
     is_grpc: bool = False
-    is_host_rewrite_enabled: bool = False
-    is_path_rewrite_enabled: bool = False
+    is_host_rewrite_enabled: bool = f(False, doc="Rewrite the Host header to the destination's host name.")
+    is_path_rewrite_enabled: bool = f(False, doc="Rewrite the matched path prefix to '/'.")
     request_timeout_in_ms: int | None = f(None, minimum=0, fmt="int64")
 
 
@@ -557,7 +562,7 @@ class TargetService:
     """A core/v1 Service whose pods join the virtual deployment, narrowed by matchLabels."""
 
     ref: ResourceRef
-    match_labels: Tags = f(FrozenMap())
+    match_labels: Tags = f(FrozenMap(), doc="Pods must also carry these labels (one Service, several versions).")
 
 
 @dataclass(frozen=True)
@@ -574,7 +579,7 @@ class VirtualDeploymentBindingSpec:
     virtual_deployment: RefOrId
     target: BindingTarget
     resources: ResourceRequirements | None = None
-    mount_certificate_chain_from_host: bool | None = None
+    mount_certificate_chain_from_host: bool | None = f(None, doc="Mount the node's /etc/pki into the sidecar.")
 
 
 # ---------------------------------------------------------------------- IngressGatewayDeployment
