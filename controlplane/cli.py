@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from meshplane.controlplane import manifests
+from meshplane.controlplane import crdfiles, crdgen, manifests
 from meshplane.controlplane.manifests import Finding
 from meshplane.controlplane.validation import validate
 from meshplane.controlplane.world import Index
@@ -65,8 +65,6 @@ def _validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _crds(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from meshplane.controlplane import crdfiles, crdgen
-
     if args.write is not None:
         for path in crdfiles.write_crds(args.write):
             print(path, file=err)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
 
@@ -281,7 +280,7 @@ def deletion_blockers(obj: AnyObject, world: World) -> list[ObjectKey]:
     parent. Sorted parents-first by kind, then by key, so messages are stable.
     """
     later = DEPENDENCY_ORDER[DEPENDENCY_ORDER.index(obj.kind) + 1:]
-    return [other.key for kind in later for other in sorted(world.objects(kind), key=attrgetter("key"))
+    return [other.key for kind in later for other in world.objects(kind)
             if _refers_to(other, obj, world)]
 
 
@@ -524,7 +523,7 @@ def compute_status(world: World, *, now: str,
     """
     ctx = _Pass(world)
     for kind in DEPENDENCY_ORDER:
-        for obj in sorted(world.objects(kind), key=attrgetter("key")):
+        for obj in world.objects(kind):
             ctx.computed[obj.key] = _object_status(obj, ctx, now, problems.get(obj.key, ()), data_plane.get(obj.key))
     return ctx.computed
 

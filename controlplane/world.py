@@ -13,8 +13,9 @@ one up to date.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -54,6 +55,7 @@ class World(Protocol):
         """True when this world holds every core/v1 Service (so a missing one really is missing)."""
 
 
+@functools.lru_cache(maxsize=65536)
 def object_id(kind: Kind, namespace: str, name: str, uid: str = "") -> str:
     """The deterministic OCID-style identifier meshplane gives an object.
 
@@ -97,11 +99,16 @@ def describe_target(target: RefOrId, kind: Kind, referrer_namespace: str) -> str
 
 
 class Index:
-    """An in-memory world: objects by key and by identifier, Services by namespace and name."""
+    """An in-memory world: objects by kind and key, by identifier, and Services by namespace and name.
+
+    Objects are kept per kind, and each kind's sorted view is computed once and reused until that kind
+    changes, so a status pass over the whole world does not re-sort it for every kind it visits.
+    """
 
     def __init__(self, objects: Iterable[AnyObject] = (), services: Iterable[KubeService] = (), *,
                  authoritative: bool = True, knows_services: bool | None = None) -> None:
-        self._objects: dict[ObjectKey, AnyObject] = {}
+        self._by_kind: dict[Kind, dict[ObjectKey, AnyObject]] = {kind: {} for kind in Kind}
+        self._sorted: dict[Kind, list[AnyObject]] = {}
         self._ids: dict[tuple[Kind, str], ObjectKey] = {}
         self._services: dict[tuple[str, str], KubeService] = {}
         self._authoritative = authoritative
@@ -121,14 +128,16 @@ class Index:
 
     def put(self, obj: AnyObject) -> None:
         self.remove(obj.key)
-        self._objects[obj.key] = obj
+        self._by_kind[obj.kind][obj.key] = obj
+        self._sorted.pop(obj.kind, None)
         ocid = id_of(obj)
         if ocid is not None:
             self._ids[(obj.kind, ocid)] = obj.key
 
     def remove(self, key: ObjectKey) -> AnyObject | None:
-        old = self._objects.pop(key, None)
+        old = self._by_kind[key.kind].pop(key, None)
         if old is not None:
+            self._sorted.pop(key.kind, None)
             ocid = id_of(old)
             if ocid is not None:
                 self._ids.pop((old.kind, ocid), None)
@@ -138,20 +147,28 @@ class Index:
         self._services[(svc.namespace, svc.name)] = svc
 
     def get(self, key: ObjectKey) -> AnyObject | None:
-        return self._objects.get(key)
+        return self._by_kind[key.kind].get(key)
 
     def by_id(self, kind: Kind, ocid: str) -> AnyObject | None:
         key = self._ids.get((kind, ocid))
-        return None if key is None else self._objects.get(key)
+        return None if key is None else self.get(key)
 
-    def objects(self, kind: Kind) -> Iterator[AnyObject]:
-        return (o for k, o in sorted(self._objects.items()) if k.kind is kind)
+    def objects(self, kind: Kind) -> list[AnyObject]:
+        view = self._sorted.get(kind)
+        if view is None:
+            members = self._by_kind[kind]
+            view = self._sorted[kind] = [members[k] for k in sorted(members, key=_sort_key)]
+        return list(view)
 
     def all(self) -> list[AnyObject]:
-        return [o for _, o in sorted(self._objects.items())]
+        return [obj for kind in Kind for obj in self.objects(kind)]
 
     def service(self, namespace: str, name: str) -> KubeService | None:
         return self._services.get((namespace, name))
 
     def __len__(self) -> int:
-        return len(self._objects)
+        return sum(len(members) for members in self._by_kind.values())
+
+
+def _sort_key(key: ObjectKey) -> tuple[str, str]:
+    return (key.namespace, key.name)
