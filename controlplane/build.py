@@ -1,0 +1,254 @@
+"""Build: the world of mesh objects (and the live workloads) → the IR, plus problems per object.
+
+Contract: :func:`build` is pure and deterministic. It never raises for bad input: what it cannot use
+it leaves out and reports against the object at fault, and everything else is still served.
+
+Choices (each written in docs/traffic.md for users):
+
+* **Structural inclusion.** An object is served when its references resolve to served objects —
+  never gated on status conditions (Active depends on proxies acknowledging the configuration, so
+  gating on it would make configuration flap while it is pushed).
+* **Route tables** of a service apply in priority order (lower first; no priority = after every
+  numbered table; ties by namespace and name), rules in order, first match wins. A service with no
+  route table uses its ``defaultRoutingPolicy``: UNIFORM (the default when omitted) splits evenly over
+  its deployments, DENY answers 403. When tables exist but no rule matches, the request gets 404.
+* **A split never sends traffic nowhere.** A destination that does not resolve (not created yet) or
+  that has no live endpoint while another destination of the rule has one drops out of the split,
+  and the remaining weights keep their proportions. A rule left with nothing (all weights 0, or no
+  destination at all) answers 503 and is reported on its route table.
+* **Timeouts.** A deployment port's timeout is its listener's ``requestTimeoutInMs``, else 15 s for
+  HTTP/HTTP2 and none for GRPC. A rule's timeout is its own ``requestTimeoutInMs``, else the largest
+  of its destinations' port timeouts (none if any of them has none), so a listener's longer timeout
+  is not cut short by the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from meshplane.controlplane import ir
+from meshplane.controlplane.model import (
+    AnyObject,
+    Kind,
+    Listener,
+    MtlsMode,
+    ObjectKey,
+    RoutingPolicyType,
+    ServiceDiscoveryType,
+    VirtualDeploymentTarget,
+    VirtualServiceRouteRule,
+)
+from meshplane.controlplane.problems import Problem, error, warning
+from meshplane.controlplane.world import World, resolve
+
+Problems = dict[ObjectKey, list[Problem]]
+
+
+def key_of(obj: AnyObject) -> str:
+    return f"{obj.namespace}/{obj.name}"
+
+
+def trust_domain(mesh: AnyObject) -> str:
+    """The mesh's SPIFFE trust domain: ``<name>.<namespace>.mesh.local``."""
+    return f"{mesh.name}.{mesh.namespace}.mesh.local"
+
+
+@dataclass
+class _Build:
+    """What one build has found so far (objects by key) and the problems it reports."""
+
+    world: World
+    endpoints: Mapping[str, tuple[str, ...]]
+    meshes: dict[str, ir.Mesh] = field(default_factory=dict)
+    services: dict[str, AnyObject] = field(default_factory=dict)
+    deployments: dict[str, ir.Deployment] = field(default_factory=dict)
+    problems: Problems = field(default_factory=dict)
+
+    def report(self, obj: AnyObject, problem: Problem) -> None:
+        self.problems.setdefault(obj.key, []).append(problem)
+
+
+def build(world: World, workloads: Iterable[ir.Workload] = ()) -> tuple[ir.MeshConfig, Problems]:
+    """The IR of every served object, and the problems found (keyed by object)."""
+    ctx = _Build(world, _endpoints(workloads))
+    for mesh in world.objects(Kind.MESH):
+        ctx.meshes[key_of(mesh)] = ir.Mesh(key_of(mesh), trust_domain(mesh), _mesh_minimum(mesh))
+    for vs in world.objects(Kind.VIRTUAL_SERVICE):
+        parent = resolve(world, vs.spec.mesh, Kind.MESH, vs.namespace)
+        if parent is not None and key_of(parent) in ctx.meshes:
+            ctx.services[key_of(vs)] = vs
+    for vd in world.objects(Kind.VIRTUAL_DEPLOYMENT):
+        _add_deployment(ctx, vd)
+    services = tuple(_service(ctx, vs) for vs in ctx.services.values())
+    config = ir.MeshConfig(tuple(ctx.meshes.values()), services, tuple(ctx.deployments.values()))
+    return config, ctx.problems
+
+
+def _endpoints(workloads: Iterable[ir.Workload]) -> dict[str, tuple[str, ...]]:
+    found: dict[str, set[str]] = {}
+    for workload in workloads:
+        found.setdefault(workload.deployment, set()).add(workload.address)
+    return {key: tuple(sorted(addresses)) for key, addresses in found.items()}
+
+
+def _mesh_minimum(mesh: AnyObject) -> ir.Mtls:
+    return ir.Mtls(mesh.spec.mtls.minimum.value if mesh.spec.mtls else MtlsMode.STRICT.value)
+
+
+# ------------------------------------------------------------------------------------ deployments
+
+
+def _add_deployment(ctx: _Build, vd: AnyObject) -> None:
+    parent = resolve(ctx.world, vd.spec.virtual_service, Kind.VIRTUAL_SERVICE, vd.namespace)
+    if parent is None or key_of(parent) not in ctx.services:
+        return
+    discovery = vd.spec.service_discovery
+    hostname = discovery.hostname if discovery and discovery.type is ServiceDiscoveryType.DNS else None
+    logging = bool(vd.spec.access_logging and vd.spec.access_logging.is_enabled)
+    ports = tuple(sorted((_port(listener) for listener in vd.spec.listeners), key=lambda p: p.number))
+    key = key_of(vd)
+    ctx.deployments[key] = ir.Deployment(key, key_of(parent), hostname, ports, ctx.endpoints.get(key, ()), logging)
+
+
+def _port(listener: Listener) -> ir.Port:
+    protocol = ir.Protocol(listener.protocol.value)
+    timeout = listener.request_timeout_in_ms
+    if timeout is None:
+        timeout = 0 if protocol is ir.Protocol.GRPC else ir.DEFAULT_REQUEST_TIMEOUT_MS
+    if not protocol.is_http:
+        timeout = 0
+    return ir.Port(listener.port, protocol, timeout, listener.idle_timeout_in_ms)
+
+
+# --------------------------------------------------------------------------------------- services
+
+
+def _service(ctx: _Build, vs: AnyObject) -> ir.Service:
+    key = key_of(vs)
+    deployments = [d for d in ctx.deployments.values() if d.service == key]
+    mesh = ctx.meshes[_mesh_key(ctx, vs)]
+    requested = vs.spec.mtls.mode.value if vs.spec.mtls else mesh.mtls_minimum.value
+    mtls = max(ir.Mtls(requested), mesh.mtls_minimum, key=_MTLS_ORDER.index)
+    tables = _tables(ctx, vs)
+    ports = tuple(_service_port(ctx, vs, number, protocol, deployments=deployments, tables=tables)
+                  for number, protocol in _service_ports(ctx, vs, deployments))
+    return ir.Service(key, mesh.key, tuple(sorted(vs.spec.hosts)), mtls, ports)
+
+
+_MTLS_ORDER = [ir.Mtls.DISABLED, ir.Mtls.PERMISSIVE, ir.Mtls.STRICT]
+
+
+def _mesh_key(ctx: _Build, vs: AnyObject) -> str:
+    mesh = resolve(ctx.world, vs.spec.mesh, Kind.MESH, vs.namespace)
+    assert mesh is not None  # only services whose mesh resolved were kept
+    return key_of(mesh)
+
+
+def _service_ports(ctx: _Build, vs: AnyObject, deployments: list[ir.Deployment]) -> list[tuple[int, ir.Protocol]]:
+    """Each port any deployment listens on, with one protocol; a conflicting deployment is reported."""
+    chosen: dict[int, tuple[ir.Protocol, str]] = {}
+    for deployment in deployments:
+        for port in deployment.ports:
+            first = chosen.setdefault(port.number, (port.protocol, deployment.key))
+            if first[0] is not port.protocol:
+                message = (f"port {port.number} is {first[0]} in {first[1]} but {port.protocol} in "
+                           f"{deployment.key}; every deployment of a service must use one protocol per port")
+                ctx.report(vs, error("spec", message))
+    return sorted((number, protocol) for number, (protocol, _) in chosen.items())
+
+
+def _tables(ctx: _Build, vs: AnyObject) -> list[AnyObject]:
+    """The service's route tables in evaluation order: priority (lower first, none last), then key."""
+    mine = [t for t in ctx.world.objects(Kind.VIRTUAL_SERVICE_ROUTE_TABLE)
+            if (parent := resolve(ctx.world, t.spec.virtual_service, Kind.VIRTUAL_SERVICE, t.namespace))
+            is not None and parent.key == vs.key]
+    return sorted(mine, key=lambda t: (t.spec.priority is None, t.spec.priority or 0, t.namespace, t.name))
+
+
+def _service_port(ctx: _Build, vs: AnyObject, number: int, protocol: ir.Protocol, *,
+                  deployments: list[ir.Deployment], tables: list[AnyObject]) -> ir.ServicePort:
+    serving = [d for d in deployments if d.port(number) is not None]
+    if not tables:
+        return ir.ServicePort(number, protocol, (_default_route(vs, number, serving),))
+    routes = [route for table in tables for i, rule in enumerate(table.spec.route_rules)
+              if (route := _rule_route(ctx, table, i, rule, number=number, protocol=protocol)) is not None]
+    return ir.ServicePort(number, protocol, tuple(routes))
+
+
+def _default_route(vs: AnyObject, number: int, serving: list[ir.Deployment]) -> ir.Route:
+    policy = vs.spec.default_routing_policy
+    origin = f"VirtualService {key_of(vs)} defaultRoutingPolicy"
+    if policy is not None and policy.type is RoutingPolicyType.DENY:
+        return ir.Route(origin + " DENY", status=403)
+    backends = _alive([ir.Backend(d.key, number, 1) for d in serving], {d.key: d for d in serving})
+    timeout = _timeout(None, backends, {d.key: d for d in serving})
+    return ir.Route(origin + " UNIFORM", timeout_ms=timeout, backends=backends, status=None if backends else 503)
+
+
+# ------------------------------------------------------------------------------------------- rules
+
+
+def _rule_route(ctx: _Build, table: AnyObject, index: int, rule: VirtualServiceRouteRule, *, number: int,
+                protocol: ir.Protocol) -> ir.Route | None:
+    """The route a rule contributes to one port, or None when the rule is not for that port."""
+    body = rule.http_route or rule.tcp_route or rule.tls_passthrough_route
+    if body is None or not _rule_fits(rule, protocol):
+        return None
+    destinations: tuple[VirtualDeploymentTarget, ...] = body.destinations
+    if any(d.port is not None and d.port != number for d in destinations):
+        return None
+    origin = f"VirtualServiceRouteTable {key_of(table)} rule {index}"
+    backends = _backends(ctx, table, index, destinations, number)
+    http = rule.http_route
+    prefix = (http.path or "/") if http else "/"
+    timeout = _timeout(http.request_timeout_in_ms if http else None, backends, ctx.deployments)
+    if http and http.is_grpc and http.request_timeout_in_ms is None:
+        timeout = 0
+    status = None if backends else 503
+    return ir.Route(origin, prefix, bool(http and http.is_grpc), timeout, backends, status)
+
+
+def _rule_fits(rule: VirtualServiceRouteRule, protocol: ir.Protocol) -> bool:
+    if rule.http_route is not None:
+        return protocol.is_http
+    if rule.tcp_route is not None:
+        return protocol is ir.Protocol.TCP
+    return protocol is ir.Protocol.TLS_PASSTHROUGH
+
+
+def _backends(ctx: _Build, table: AnyObject, index: int, destinations: tuple[VirtualDeploymentTarget, ...],
+              number: int) -> tuple[ir.Backend, ...]:
+    found: list[ir.Backend] = []
+    for j, destination in enumerate(destinations):
+        path = f"spec.routeRules[{index}].destinations[{j}]"
+        vd = resolve(ctx.world, destination.virtual_deployment, Kind.VIRTUAL_DEPLOYMENT, table.namespace)
+        deployment = ctx.deployments.get(key_of(vd)) if vd is not None else None
+        if deployment is None:
+            ctx.report(table, warning(path, "the virtual deployment is not served (yet); it gets no traffic"))
+        elif deployment.port(number) is None:
+            message = f"{deployment.key} does not listen on port {number}; it gets no traffic there"
+            ctx.report(table, warning(path, message))
+        elif destination.weight > 0:
+            found.append(ir.Backend(deployment.key, number, destination.weight))
+    if not any(d.weight for d in destinations):
+        ctx.report(table, error(f"spec.routeRules[{index}]", "every destination has weight 0: the rule answers 503 "
+                                "(give at least one destination a positive weight)"))
+    return _alive(found, ctx.deployments)
+
+
+def _alive(backends: list[ir.Backend], deployments: Mapping[str, ir.Deployment]) -> tuple[ir.Backend, ...]:
+    """Drop backends without endpoints while another backend has some; keep all if none has any."""
+    live = [b for b in backends if deployments[b.deployment].endpoints]
+    return tuple(live or backends)
+
+
+def _timeout(rule_timeout: int | None, backends: Iterable[ir.Backend],
+             deployments: Mapping[str, ir.Deployment]) -> int:
+    if rule_timeout is not None:
+        return rule_timeout
+    timeouts = [p.request_timeout_ms for b in backends if (p := deployments[b.deployment].port(b.port)) is not None]
+    if not timeouts:
+        return ir.DEFAULT_REQUEST_TIMEOUT_MS
+    return 0 if 0 in timeouts else max(timeouts)
+

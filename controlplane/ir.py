@@ -1,0 +1,166 @@
+"""The IR: the mesh as the data plane must see it, knowing neither Kubernetes nor Envoy.
+
+Everything the API leaves implicit is resolved before the IR (references, namespaces, priorities,
+defaults, effective timeouts and mTLS modes, which backends are alive); everything Envoy-specific
+(names, filters, protobuf) happens after it, in ``meshplane.xds``. Values are frozen and hashable,
+built once per change and shared by every per-proxy translation, and every collection is sorted so
+the same input always gives the same IR (and the same bytes to Envoy).
+
+Keys are strings ``namespace/name``: readable in golden files and stable across runs.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+# Envoy's default upstream response timeout for HTTP and HTTP/2 routes (spec §2.7); gRPC has none.
+DEFAULT_REQUEST_TIMEOUT_MS = 15_000
+
+
+class Protocol(enum.StrEnum):
+    HTTP = "HTTP"
+    HTTP2 = "HTTP2"
+    GRPC = "GRPC"
+    TCP = "TCP"
+    TLS_PASSTHROUGH = "TLS_PASSTHROUGH"
+
+    @property
+    def is_http(self) -> bool:
+        return self in (Protocol.HTTP, Protocol.HTTP2, Protocol.GRPC)
+
+
+class Mtls(enum.StrEnum):
+    DISABLED = "DISABLED"
+    PERMISSIVE = "PERMISSIVE"
+    STRICT = "STRICT"
+
+
+class Capture(enum.StrEnum):
+    EXPLICIT = "explicit"  # no iptables: the sidecar binds the workload's own address (standalone, tests)
+    TRANSPARENT = "transparent"  # iptables redirects the pod's traffic to the sidecar (Kubernetes)
+
+
+@dataclass(frozen=True)
+class Mesh:
+    """A trust domain and its mTLS floor."""
+
+    key: str
+    trust_domain: str
+    mtls_minimum: Mtls
+
+
+@dataclass(frozen=True)
+class Port:
+    """A port a deployment serves, with its effective timeouts (0 = disabled)."""
+
+    number: int
+    protocol: Protocol
+    request_timeout_ms: int
+    idle_timeout_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One version of a service: its ports and the addresses of its live workloads."""
+
+    key: str
+    service: str
+    hostname: str | None
+    ports: tuple[Port, ...]
+    endpoints: tuple[str, ...] = ()
+    access_logging: bool = False
+
+    def port(self, number: int) -> Port | None:
+        return next((p for p in self.ports if p.number == number), None)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A share of a route's traffic: a deployment's port and its relative weight (> 0)."""
+
+    deployment: str
+    port: int
+    weight: int
+
+
+@dataclass(frozen=True)
+class Route:
+    """One rule for one port of a service, in evaluation order.
+
+    Either ``backends`` is non-empty (forward, split by weight) or ``status`` says what to answer
+    instead: 503 when the rule has nowhere to send traffic (all weights 0, no live destination), 403
+    when the service's default routing policy is DENY. ``origin`` names the rule for people and
+    golden files (``VirtualServiceRouteTable shop/reviews-canary rule 0``).
+    """
+
+    origin: str
+    prefix: str = "/"
+    grpc: bool = False
+    timeout_ms: int = DEFAULT_REQUEST_TIMEOUT_MS
+    backends: tuple[Backend, ...] = ()
+    status: int | None = None
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    """A port of a virtual service (the union of its deployments' listener ports) and its routes.
+
+    HTTP ports use every route, first match wins; TCP and TLS-passthrough ports use the first route.
+    """
+
+    number: int
+    protocol: Protocol
+    routes: tuple[Route, ...]
+
+
+@dataclass(frozen=True)
+class Service:
+    """A virtual service: the names callers use, its effective mTLS mode, and its ports' routes."""
+
+    key: str
+    mesh: str
+    hosts: tuple[str, ...]
+    mtls: Mtls
+    ports: tuple[ServicePort, ...]
+
+    @property
+    def default_http_port(self) -> int | None:
+        """The port a bare host name (no ``:port``) reaches: the lowest HTTP port."""
+        return min((p.number for p in self.ports if p.protocol.is_http), default=None)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A running proxy and the deployment it serves (an endpoint while it is connected)."""
+
+    node_id: str
+    deployment: str
+    address: str
+    capture: Capture = Capture.EXPLICIT
+    app_ports: tuple[tuple[int, int], ...] = ()  # (listener port, application port), explicit capture only
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Everything translation needs, with lookups by key."""
+
+    meshes: tuple[Mesh, ...] = ()
+    services: tuple[Service, ...] = ()
+    deployments: tuple[Deployment, ...] = ()
+    _services: dict[str, Service] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
+    _deployments: dict[str, Deployment] = field(default_factory=dict, init=False, repr=False, compare=False,
+                                                hash=False)
+
+    def __post_init__(self) -> None:
+        self._services.update((s.key, s) for s in self.services)
+        self._deployments.update((d.key, d) for d in self.deployments)
+
+    def service(self, key: str) -> Service | None:
+        return self._services.get(key)
+
+    def deployment(self, key: str) -> Deployment | None:
+        return self._deployments.get(key)
+
+    def mesh_services(self, mesh: str) -> tuple[Service, ...]:
+        return tuple(s for s in self.services if s.mesh == mesh)
