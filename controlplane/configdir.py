@@ -1,0 +1,144 @@
+"""The standalone source: every YAML manifest under a directory, applied object by object.
+
+:class:`ConfigDir` keeps the *accepted* objects — what the mesh is built from — and moves them
+towards what the files say, one object at a time, with the same :func:`validate` that backs the
+admission webhook:
+
+* a new or changed object is accepted only if it is valid against the accepted world; otherwise the
+  previously accepted version (if any) stays in force and the problems are kept for reporting. One bad
+  object never disturbs the others;
+* objects are applied parents first (Mesh before VirtualService …), so one edit that adds a parent
+  and its child works in one pass;
+* ``metadata.generation`` behaves as on a Kubernetes API server: 1 at creation, +1 on every spec
+  change;
+* an object removed from the files is marked as being deleted and stays (still served) while other
+  objects refer to it — like a finalizer — and goes once nothing does (:func:`status.can_finalize`);
+* a refused change is tried again on the next :meth:`ConfigDir.sync`, because some refusals are
+  transient (an update is refused while the object's state is settling).
+
+Reading the files is the only I/O; :meth:`ConfigDir.sync` reports whether anything changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from meshplane.controlplane import manifests, status
+from meshplane.controlplane.manifests import Finding, Source
+from meshplane.controlplane.model import AnyObject, Kind, ObjectKey, Status
+from meshplane.controlplane.problems import Problem
+from meshplane.controlplane.validation import validate
+from meshplane.controlplane.world import Index
+
+log = logging.getLogger(__name__)
+
+# Parents before children: what validation of a child looks up is already applied.
+APPLY_ORDER = status.DEPENDENCY_ORDER
+
+
+@dataclass
+class ConfigDir:
+    """The accepted objects of a config directory, and why the others were not accepted."""
+
+    path: Path
+    world: Index = field(default_factory=lambda: Index(authoritative=True, knows_services=False))
+    rejected: dict[ObjectKey, list[Finding]] = field(default_factory=dict)
+    file_findings: list[Finding] = field(default_factory=list)
+    _fingerprint: tuple[tuple[str, int, int], ...] = ()
+
+    def sync(self, *, force: bool = False) -> bool:
+        """Re-read the directory if it changed (or a refusal may now pass); True if the world changed."""
+        fingerprint = self._scan()
+        if not force and fingerprint == self._fingerprint and not self.rejected and not self._deleting():
+            return False
+        self._fingerprint = fingerprint
+        loaded = manifests.load([self.path])
+        self.file_findings = loaded.findings
+        for finding in loaded.findings:
+            log.warning("%s: %s", finding.source, finding.line())
+        before = {o.key: o for o in self.world.all()}
+        self._apply(loaded.objects)
+        return {o.key: o for o in self.world.all()} != before
+
+    def set_status(self, statuses: dict[ObjectKey, Status]) -> None:
+        """Record computed statuses on the accepted objects (update gates read them)."""
+        for key, new in statuses.items():
+            obj = self.world.get(key)
+            if obj is not None and obj.status != new:
+                self.world.put(replace(obj, status=new))
+
+    def _scan(self) -> tuple[tuple[str, int, int], ...]:
+        found = []
+        for path in sorted(self.path.rglob("*")) if self.path.is_dir() else []:
+            if path.is_file() and path.suffix in manifests.SUFFIXES:
+                stat = path.stat()
+                found.append((str(path), stat.st_mtime_ns, stat.st_size))
+        return tuple(found)
+
+    def _deleting(self) -> bool:
+        return any(o.deleting for o in self.world.all())
+
+    def _apply(self, objects: list[tuple[Source, AnyObject]]) -> None:
+        wanted = {obj.key: (source, obj) for source, obj in objects}
+        self.rejected = {}
+        for kind in APPLY_ORDER:
+            for source, obj in (wanted[k] for k in sorted(wanted) if k.kind is kind):
+                self._apply_one(source, obj)
+        for key in [o.key for o in self.world.all() if o.key not in wanted]:
+            self._remove(key)
+
+    def _apply_one(self, source: Source, new: AnyObject) -> None:
+        old = self.world.get(new.key)
+        if old is not None and old.spec == new.spec and old.metadata.labels == new.metadata.labels \
+                and old.metadata.annotations == new.metadata.annotations and not old.deleting:
+            return
+        candidate = _with_metadata(old, new)
+        problems = [p for p in validate(old, candidate, self.world) if p.is_error]
+        if problems:
+            self._reject(source, candidate, problems, kept=old is not None)
+            return
+        self.world.put(candidate)
+        log.info("%s %s", "updated" if old else "created", candidate.key)
+
+    def _reject(self, source: Source, obj: AnyObject, problems: list[Problem], *, kept: bool) -> None:
+        self.rejected[obj.key] = [Finding(source, obj.kind.value, obj.namespace, obj.name, p) for p in problems]
+        note = "the previously accepted version stays in force" if kept else "it is not applied"
+        for finding in self.rejected[obj.key]:
+            log.warning("%s: %s (%s)", source, finding.line(), note)
+
+    def _remove(self, key: ObjectKey) -> None:
+        obj = self.world.get(key)
+        if obj is None:
+            return
+        if not obj.deleting:
+            obj = replace(obj, metadata=replace(obj.metadata, deletion_timestamp=_now()))
+            self.world.put(obj)
+            log.info("deleting %s", key)
+        if status.can_finalize(obj, self.world):
+            self.world.remove(key)
+            log.info("deleted %s", key)
+
+    def objects(self) -> Iterator[AnyObject]:
+        return iter(self.world.all())
+
+    def kinds(self) -> dict[Kind, int]:
+        return {kind: len(self.world.objects(kind)) for kind in Kind}
+
+
+def _with_metadata(old: AnyObject | None, new: AnyObject) -> AnyObject:
+    """The new object as an API server would store it: generation, creation time and status carried."""
+    if old is None:
+        meta = replace(new.metadata, generation=1, creation_timestamp=_now(), deletion_timestamp=None)
+        return replace(new, metadata=meta, status=Status())
+    generation = old.metadata.generation + (old.spec != new.spec)
+    meta = replace(new.metadata, generation=generation, creation_timestamp=old.metadata.creation_timestamp,
+                   deletion_timestamp=None)
+    return replace(new, metadata=meta, status=old.status)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
