@@ -1,0 +1,97 @@
+"""Envoy bootstraps for meshplane proxies: a static xDS cluster, ADS for everything else.
+
+A bootstrap is built as a real ``Bootstrap`` message (so a misspelt field fails here, not in Envoy)
+and rendered as JSON-compatible data for a YAML file. It carries only what must be known before the
+first xDS exchange: who the proxy is (node id, cluster, metadata naming its virtual deployment,
+address, capture mode and application ports), where the control plane is, and the admin endpoint on
+loopback. Listeners, routes, clusters and endpoints all come over one ADS stream — State of the
+World or Delta (``delta=True``).
+
+Traps avoided (envoy-notes.md): ADS needs ``node.id`` and ``node.cluster``; the xDS cluster must speak
+HTTP/2 through ``typed_extension_protocol_options``; every config source says ``V3``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import address_pb2, config_source_pb2, grpc_service_pb2, protocol_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf import any_pb2, duration_pb2, json_format, struct_pb2
+
+XDS_CLUSTER = "meshplane-xds"
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+V3 = config_source_pb2.ApiVersion.V3
+
+
+@dataclass(frozen=True)
+class BootstrapSpec:
+    """Everything a proxy's bootstrap depends on."""
+
+    node_id: str
+    cluster: str
+    metadata: Mapping[str, Any]
+    xds_host: str
+    xds_port: int
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 15000
+    delta: bool = False
+
+
+def build_bootstrap(spec: BootstrapSpec) -> bootstrap_pb2.Bootstrap:
+    """The bootstrap message for one proxy."""
+    boot = bootstrap_pb2.Bootstrap()
+    boot.node.id = spec.node_id
+    boot.node.cluster = spec.cluster
+    boot.node.metadata.CopyFrom(_struct(spec.metadata))
+    boot.admin.address.CopyFrom(_socket(spec.admin_host, spec.admin_port))
+    ads = boot.dynamic_resources.ads_config
+    api = config_source_pb2.ApiConfigSource
+    ads.api_type = api.DELTA_GRPC if spec.delta else api.GRPC
+    ads.transport_api_version = V3
+    ads.set_node_on_first_message_only = True
+    ads.grpc_services.append(grpc_service_pb2.GrpcService(
+        envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=XDS_CLUSTER)))
+    for source in (boot.dynamic_resources.cds_config, boot.dynamic_resources.lds_config):
+        source.ads.SetInParent()
+        source.resource_api_version = V3
+    boot.static_resources.clusters.append(_xds_cluster(spec.xds_host, spec.xds_port))
+    return boot
+
+
+def render_bootstrap(spec: BootstrapSpec) -> dict[str, Any]:
+    """The bootstrap as data for a YAML or JSON file (``envoy -c FILE``)."""
+    text = json_format.MessageToJson(build_bootstrap(spec), preserving_proto_field_name=True)
+    data: dict[str, Any] = json.loads(text)  # plain dicts (MessageToDict leaves OrderedDicts inside Any)
+    return data
+
+
+def _xds_cluster(host: str, port: int) -> cluster_pb2.Cluster:
+    cluster = cluster_pb2.Cluster(name=XDS_CLUSTER, type=cluster_pb2.Cluster.STATIC,
+                                  connect_timeout=duration_pb2.Duration(seconds=1))
+    options = http_protocol_options_pb2.HttpProtocolOptions()
+    options.explicit_http_config.http2_protocol_options.CopyFrom(protocol_pb2.Http2ProtocolOptions())
+    packed = any_pb2.Any()
+    packed.Pack(options)
+    cluster.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(packed)
+    endpoint = endpoint_components_pb2.LbEndpoint()
+    endpoint.endpoint.address.CopyFrom(_socket(host, port))
+    cluster.load_assignment.CopyFrom(endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=XDS_CLUSTER, endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[endpoint])]))
+    return cluster
+
+
+def _socket(host: str, port: int) -> address_pb2.Address:
+    return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=port))
+
+
+def _struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    out.update(dict(values))
+    return out
