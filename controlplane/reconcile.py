@@ -1,0 +1,173 @@
+"""The reconcile loop: events in; coalesced; built; rendered for the proxies they affect; published.
+
+One asyncio task owns the mesh. Anything that may change it — the config directory, a proxy
+connecting or going away — calls :meth:`Controller.poke`; the loop waits until pokes have gone quiet
+for ``quiet`` seconds (or ``max_delay`` after the first, so a steady trickle cannot starve it), then
+runs :meth:`Controller.reconcile` once for all of them:
+
+1. sync the source (objects accepted one by one, see :mod:`configdir`);
+2. build the IR from the accepted objects and the connected workloads (pure);
+3. compute every object's status (pure) and record it;
+4. for each connected workload whose inputs changed — its own deployment, or anything in its mesh —
+   render its configuration and publish it. Identical inputs are never rendered twice, and the
+   renderer's output is content-versioned downstream, so identical output is never re-sent.
+
+Rendering and publishing are injected (the composition root wires xDS translation and the snapshot
+cache), which keeps this module free of Envoy and testable with the real build and status.
+
+A workload that disconnects stays an endpoint for ``grace`` seconds, so a proxy that restarts or
+reconnects to a restarted control plane does not drop out of load balancing meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
+
+from meshplane.controlplane import ir
+from meshplane.controlplane.build import build
+from meshplane.controlplane.configdir import ConfigDir
+from meshplane.controlplane.model import ObjectKey
+from meshplane.controlplane.problems import Problem
+from meshplane.controlplane.status import DataPlaneState, compute_status
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Render = Callable[[ir.MeshConfig, ir.Workload], T]
+Publish = Callable[[ir.Workload, T], Awaitable[None] | None]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How events are coalesced (seconds)."""
+
+    quiet: float = 0.1
+    max_delay: float = 1.0
+    grace: float = 2.0
+
+
+async def settle(trigger: asyncio.Event, *, quiet: float, max_delay: float) -> None:
+    """Wait for a trigger, then until triggers stop for ``quiet`` s or ``max_delay`` s after the first."""
+    await trigger.wait()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max_delay
+    while True:
+        trigger.clear()
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return
+        try:
+            await asyncio.wait_for(trigger.wait(), timeout=min(quiet, remaining))
+        except TimeoutError:
+            return
+
+
+@dataclass
+class Controller(Generic[T]):
+    """Owns the accepted mesh, the connected workloads, and what each workload was last given."""
+
+    source: ConfigDir
+    render: Render[T]
+    publish: Publish[T]
+    timing: Timing = Timing()
+    data_plane: Callable[[], Mapping[ObjectKey, DataPlaneState]] = dict
+    config: ir.MeshConfig = field(default_factory=ir.MeshConfig)
+    problems: dict[ObjectKey, list[Problem]] = field(default_factory=dict)
+    workloads: dict[str, ir.Workload] = field(default_factory=dict)
+    rounds: int = 0
+    last_round_seconds: float = 0.0
+    _inputs: dict[str, object] = field(default_factory=dict)
+    _views: dict[str | None, object] = field(default_factory=dict)
+    _leaving: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    _trigger: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def poke(self) -> None:
+        """Something may have changed: reconcile soon."""
+        self._trigger.set()
+
+    def connect(self, workload: ir.Workload) -> None:
+        """A proxy opened its stream: it is an endpoint from now on, and wants its configuration."""
+        handle = self._leaving.pop(workload.node_id, None)
+        if handle is not None:
+            handle.cancel()
+        self.workloads[workload.node_id] = workload
+        self._inputs.pop(workload.node_id, None)  # a new stream needs a snapshot even if nothing changed
+        self.poke()
+
+    def disconnect(self, node_id: str) -> None:
+        """A proxy's stream ended: it stops being an endpoint after the grace period."""
+        if node_id in self.workloads and node_id not in self._leaving:
+            loop = asyncio.get_running_loop()
+            self._leaving[node_id] = loop.call_later(self.timing.grace, self._forget, node_id)
+
+    def _forget(self, node_id: str) -> None:
+        self._leaving.pop(node_id, None)
+        self.workloads.pop(node_id, None)
+        self._inputs.pop(node_id, None)
+        self.poke()
+
+    async def run(self) -> None:
+        """Reconcile forever (until cancelled), once per settled burst of pokes."""
+        self.poke()
+        while True:
+            await settle(self._trigger, quiet=self.timing.quiet, max_delay=self.timing.max_delay)
+            try:
+                await self.reconcile()
+            except Exception:  # one bad round must not end the control plane; the next poke retries
+                log.exception("reconcile failed")
+
+    async def reconcile(self) -> None:
+        """One round: sync, build, status, render and publish for affected workloads."""
+        started = time.perf_counter()
+        self.source.sync()
+        self.config, self.problems = build(self.source.world, self.workloads.values())
+        statuses = compute_status(self.source.world, now=_now(), problems=self.problems,
+                                  data_plane=self.data_plane())
+        self.source.set_status(statuses)
+        self._views = self._mesh_views()
+        for workload in list(self.workloads.values()):
+            await self._refresh(workload)
+        self.rounds += 1
+        self.last_round_seconds = time.perf_counter() - started
+
+    async def _refresh(self, workload: ir.Workload) -> None:
+        inputs = self._inputs_of(workload)
+        if self._inputs.get(workload.node_id) == inputs:
+            return
+        rendered = self.render(self.config, workload)
+        published = self.publish(workload, rendered)
+        if published is not None:
+            await published
+        self._inputs[workload.node_id] = inputs
+
+    def _mesh_views(self) -> dict[str | None, object]:
+        """Per mesh, its services and deployments — the same object as last round when unchanged.
+
+        Comparing each mesh once per round, and reusing the previous object when equal, lets every
+        workload's comparison below succeed by identity instead of walking the mesh again.
+        """
+        views: dict[str | None, object] = {}
+        for mesh in self.config.meshes:
+            services = self.config.mesh_services(mesh.key)
+            keys = {s.key for s in services}
+            view = (mesh, services, tuple(d for d in self.config.deployments if d.service in keys))
+            previous = self._views.get(mesh.key)
+            views[mesh.key] = previous if previous == view else view
+        return views
+
+    def _inputs_of(self, workload: ir.Workload) -> object:
+        """Everything a workload's configuration depends on (compared by value)."""
+        deployment = self.config.deployment(workload.deployment)
+        service = self.config.service(deployment.service) if deployment else None
+        mesh = service.mesh if service else None
+        return (workload, deployment, self._views.get(mesh))
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

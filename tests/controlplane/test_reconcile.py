@@ -1,0 +1,170 @@
+"""The reconcile loop: coalescing, rendering only what changed, endpoints with a grace period."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from meshplane.controlplane import ir
+from meshplane.controlplane.configdir import ConfigDir
+from meshplane.controlplane.reconcile import Controller, Timing, settle
+from tests import data
+from tests.controlplane.test_configdir import write, write_canary
+
+V1 = ir.Workload("reviews-v1-a", "shop/reviews-v1", "127.0.0.11", app_ports=((9080, 19080),))
+V2 = ir.Workload("reviews-v2-a", "shop/reviews-v2", "127.0.0.12", app_ports=((9080, 19080),))
+
+
+def test_settle_returns_after_a_quiet_period() -> None:
+    async def scenario() -> float:
+        trigger = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for delay in (0.0, 0.03, 0.06):
+            loop.call_later(delay, trigger.set)
+        start = loop.time()
+        await settle(trigger, quiet=0.1, max_delay=5.0)
+        return loop.time() - start
+
+    elapsed = asyncio.run(scenario())
+    assert 0.15 <= elapsed < 0.5, "waits for 0.1 s of quiet after the last poke at 0.06 s"
+
+
+def test_settle_gives_up_waiting_for_quiet_after_max_delay() -> None:
+    async def scenario() -> float:
+        trigger = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for i in range(40):  # a poke every 20 ms for 0.8 s: never quiet
+            loop.call_later(i * 0.02, trigger.set)
+        start = loop.time()
+        await settle(trigger, quiet=0.1, max_delay=0.3)
+        return loop.time() - start
+
+    elapsed = asyncio.run(scenario())
+    assert 0.28 <= elapsed < 0.5
+
+
+Rendered = tuple[tuple[str, int, tuple[ir.Backend, ...]], ...]
+
+
+class Recorder:
+    """Renders a workload's configuration as (service, port, backends) per route and records publishes."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, Rendered]] = []
+
+    def render(self, config: ir.MeshConfig, workload: ir.Workload) -> Rendered:
+        return tuple((s.key, p.number, r.backends) for s in config.services for p in s.ports for r in p.routes)
+
+    def publish(self, workload: ir.Workload, rendered: Rendered) -> None:
+        self.published.append((workload.node_id, rendered))
+
+
+def controller(folder: Path) -> tuple[Controller[Rendered], Recorder]:
+    recorder = Recorder()
+    return Controller(ConfigDir(folder), recorder.render, recorder.publish, Timing(0.01, 0.05, 0.05)), recorder
+
+
+def test_only_workloads_whose_inputs_changed_are_rendered_again(tmp_path: Path) -> None:
+    write_canary(tmp_path)
+    ctl, recorder = controller(tmp_path)
+
+    async def scenario() -> None:
+        ctl.connect(V1)
+        ctl.connect(V2)
+        await ctl.reconcile()
+        assert sorted(n for n, _ in recorder.published) == ["reviews-v1-a", "reviews-v2-a"]
+        recorder.published.clear()
+        await ctl.reconcile()
+        assert recorder.published == [], "nothing changed: nothing rendered"
+
+    asyncio.run(scenario())
+
+
+def test_an_edit_in_the_directory_reaches_every_workload_of_the_mesh(tmp_path: Path) -> None:
+    write_canary(tmp_path)
+    ctl, recorder = controller(tmp_path)
+
+    async def scenario() -> None:
+        ctl.connect(V1)
+        ctl.connect(V2)
+        await ctl.reconcile()
+        recorder.published.clear()
+        docs = data.manifests("canary")
+        table = next(d for d in docs if d["kind"] == "VirtualServiceRouteTable")
+        for destination, weight in zip(table["spec"]["routeRules"][0]["httpRoute"]["destinations"], (0, 100),
+                                       strict=True):
+            destination["weight"] = weight
+        write(tmp_path / "VirtualServiceRouteTable-reviews-canary.yaml", table)
+        await ctl.reconcile()
+        assert sorted(n for n, _ in recorder.published) == ["reviews-v1-a", "reviews-v2-a"]
+        backends = next(r for r in recorder.published[0][1] if r[0] == "shop/reviews")[2]
+        assert backends == (ir.Backend("shop/reviews-v2", 9080, 100),)
+
+    asyncio.run(scenario())
+
+
+def test_a_disconnected_workload_stays_an_endpoint_for_the_grace_period(tmp_path: Path) -> None:
+    write_canary(tmp_path)
+    ctl, _ = controller(tmp_path)
+
+    async def scenario() -> None:
+        ctl.connect(V1)
+        ctl.connect(V2)
+        await ctl.reconcile()
+        ctl.disconnect(V2.node_id)
+        await ctl.reconcile()
+        deployment = ctl.config.deployment("shop/reviews-v2")
+        assert deployment is not None and deployment.endpoints == ("127.0.0.12",)
+        await asyncio.sleep(0.1)
+        await ctl.reconcile()
+        deployment = ctl.config.deployment("shop/reviews-v2")
+        assert deployment is not None and deployment.endpoints == ()
+
+    asyncio.run(scenario())
+
+
+def test_a_reconnect_within_the_grace_period_keeps_the_endpoint(tmp_path: Path) -> None:
+    write_canary(tmp_path)
+    ctl, _ = controller(tmp_path)
+
+    async def scenario() -> None:
+        ctl.connect(V2)
+        ctl.disconnect(V2.node_id)
+        ctl.connect(V2)
+        await asyncio.sleep(0.1)
+        await ctl.reconcile()
+        deployment = ctl.config.deployment("shop/reviews-v2")
+        assert deployment is not None and deployment.endpoints == ("127.0.0.12",)
+
+    asyncio.run(scenario())
+
+
+def test_the_loop_coalesces_a_burst_of_pokes_into_one_round(tmp_path: Path) -> None:
+    write_canary(tmp_path)
+    ctl, _ = controller(tmp_path)
+
+    async def scenario() -> int:
+        task = asyncio.create_task(ctl.run())
+        await asyncio.sleep(0.1)
+        before = ctl.rounds
+        for _ in range(20):
+            ctl.poke()
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return ctl.rounds - before
+
+    assert asyncio.run(scenario()) == 1
+
+
+def test_statuses_are_recorded_on_the_accepted_objects(tmp_path: Path) -> None:
+    write_canary(tmp_path)
+    ctl, _ = controller(tmp_path)
+    asyncio.run(ctl.reconcile())
+    objects = ctl.source.world.all()
+    assert objects and all(len(o.status.conditions) >= 2 for o in objects)
+    assert [str(o.key) for o in objects if o.status.conditions[0].status.value != "True"] == []
