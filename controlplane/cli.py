@@ -13,10 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from meshplane.controlplane import crdfiles, crdgen, manifests
+import yaml
+
+from meshplane.controlplane import crdfiles, crdgen, manifests, sidecar
 from meshplane.controlplane.manifests import Finding
 from meshplane.controlplane.validation import validate
 from meshplane.controlplane.world import Index
+from meshplane.xds.bootstrap import render_bootstrap
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -43,6 +46,22 @@ def _parser() -> argparse.ArgumentParser:
                        help="a YAML/JSON file or a directory (repeatable)")
     check.set_defaults(run=_validate)
 
+    boot = commands.add_parser("bootstrap", help="write an Envoy bootstrap for a standalone sidecar",
+                               description="Write the bootstrap of a sidecar in explicit capture mode: inbound on "
+                               "POD_IP:<listener port> forwarding to the application at POD_IP:<app port>, outbound "
+                               "HTTP on POD_IP:15001 routed by the Host header. Run it with: envoy -c FILE --base-id N")
+    boot.add_argument("--state-dir", type=Path, required=True, help="the state directory of meshplane serve")
+    boot.add_argument("--xds-address", required=True, metavar="HOST:PORT", help="the control plane's xDS address")
+    boot.add_argument("--virtual-deployment", required=True, metavar="NAMESPACE/NAME")
+    boot.add_argument("--pod-ip", required=True, metavar="IP", help="the workload's own address (e.g. 127.0.0.11)")
+    boot.add_argument("--app-port", action="append", default=[], metavar="LISTENER_PORT=APP_PORT",
+                      help="where the application listens for each listener of the deployment (repeatable)")
+    boot.add_argument("--admin-port", type=int, default=15000, help="Envoy admin port on 127.0.0.1 (default 15000)")
+    boot.add_argument("--node-id", help="the proxy's identity (default: NAME.NAMESPACE-POD_IP)")
+    boot.add_argument("--delta", action="store_true", help="use incremental (Delta) ADS instead of State of the World")
+    boot.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+    boot.set_defaults(run=_bootstrap)
+
     crds = commands.add_parser("crds", help="print the CustomResourceDefinitions (kubectl apply -f -)")
     crds.add_argument("--write", metavar="DIR", type=Path, help="write one file per kind into DIR instead")
     crds.set_defaults(run=_crds)
@@ -62,6 +81,20 @@ def _validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     warnings = len(findings) - errors
     print(f"{len(loaded.objects)} mesh object(s) checked: {errors} error(s), {warnings} warning(s)", file=err)
     return 1 if errors else 0
+
+
+def _bootstrap(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        spec = sidecar.bootstrap_spec(
+            state_dir=args.state_dir, xds_address=args.xds_address, deployment=args.virtual_deployment,
+            pod_ip=args.pod_ip, app_ports=args.app_port, admin_port=args.admin_port, node_id=args.node_id,
+            delta=args.delta)
+    except sidecar.BootstrapError as exc:
+        print(f"meshplane bootstrap: {exc}", file=err)
+        return 1
+    args.output.write_text(yaml.safe_dump(render_bootstrap(spec), sort_keys=False))
+    print(f"wrote {args.output} for {spec.node_id}; run: envoy -c {args.output} --base-id <unique number>", file=err)
+    return 0
 
 
 def _crds(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
