@@ -1,0 +1,82 @@
+"""The admin HTTP server (plain HTTP, loopback by default): health and debug views.
+
+Routes:
+
+* ``GET /healthz`` — 200 ``ok`` once the control plane has completed a reconcile round, else 503;
+* ``GET /debug/syncz`` — per connected proxy: identity, versions sent and acknowledged per type,
+  SYNCED / STALE / NOT SENT, and the last NACK with its message;
+* ``GET /debug/resources`` — every accepted object with its status conditions, and every object the
+  config directory holds that was not accepted, with the problems that kept it out.
+
+The views are plain functions handed in by the composition root, so this module knows nothing of
+xDS internals; it only turns their JSON-compatible results into responses.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass(frozen=True)
+class Views:
+    """What the admin server shows; each function returns JSON-compatible data."""
+
+    healthy: Callable[[], bool]
+    syncz: Callable[[], Any]
+    resources: Callable[[], Any]
+
+
+VIEWS = web.AppKey("views", Views)
+
+
+def create_app(views: Views) -> web.Application:
+    app = web.Application()
+    app[VIEWS] = views
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/debug/syncz", _syncz)
+    app.router.add_get("/debug/resources", _resources)
+    return app
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    if request.app[VIEWS].healthy():
+        return web.Response(text="ok\n")
+    return web.Response(status=503, text="not ready: no reconcile round has completed yet\n")
+
+
+async def _syncz(request: web.Request) -> web.Response:
+    return web.json_response(request.app[VIEWS].syncz(), dumps=_dumps)
+
+
+async def _resources(request: web.Request) -> web.Response:
+    return web.json_response(request.app[VIEWS].resources(), dumps=_dumps)
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on host:port (0 = any free port); returns the runner (to clean up) and the port."""
+    sock = bind(host, port)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    return runner, int(sock.getsockname()[1])
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (IPv4 or IPv6), so the caller knows the port it got."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host.strip("[]"), port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
