@@ -8,6 +8,8 @@ errors, 2 the command line itself is wrong (argparse's convention).
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import TextIO
 
 import yaml
 
-from meshplane.controlplane import crdfiles, crdgen, manifests, sidecar
+from meshplane.controlplane import crdfiles, crdgen, echo, manifests, sidecar
 from meshplane.controlplane.manifests import Finding
 from meshplane.controlplane.validation import validate
 from meshplane.controlplane.world import Index
@@ -62,6 +64,14 @@ def _parser() -> argparse.ArgumentParser:
     boot.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
     boot.set_defaults(run=_bootstrap)
 
+    echo = commands.add_parser("echo", help="run a sample HTTP application that answers with its name",
+                               description="Answer every request with JSON naming this application and echoing "
+                               "the method, path, Host and headers it received (for trying the mesh).")
+    echo.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    echo.add_argument("--port", type=int, required=True)
+    echo.add_argument("--name", required=True, help="the name it answers with, e.g. reviews-v2")
+    echo.set_defaults(run=_echo)
+
     crds = commands.add_parser("crds", help="print the CustomResourceDefinitions (kubectl apply -f -)")
     crds.add_argument("--write", metavar="DIR", type=Path, help="write one file per kind into DIR instead")
     crds.set_defaults(run=_crds)
@@ -94,6 +104,13 @@ def _bootstrap(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return 1
     args.output.write_text(yaml.safe_dump(render_bootstrap(spec), sort_keys=False))
     print(f"wrote {args.output} for {spec.node_id}; run: envoy -c {args.output} --base-id <unique number>", file=err)
+    return 0
+
+
+def _echo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    print(f"echo {args.name} on {args.address}:{args.port}", file=err, flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(echo.run_forever(args.address, args.port, args.name))
     return 0
 
 
