@@ -1,0 +1,250 @@
+"""Small pure builders of single Envoy messages, after Contour's ``internal/envoy/v3``.
+
+Contract: every ``build_*`` function returns a *new* message built only from its arguments; none
+reads the IR or decides policy (which route, which port, which name: that is ``translate``). Names
+come in as arguments, already made by :mod:`meshplane.xds.names`. Typed extension configs are packed
+with :func:`pack`, which serialises deterministically so equal inputs give equal bytes.
+
+Import rule for Envoy modules (one alias per module, everywhere): ``<package path>/<file>_pb2`` is
+imported as ``<file>_v3`` (``envoy.config.cluster.v3.cluster_pb2`` → ``cluster_v3``), except
+``http_connection_manager_pb2``, which is ``hcm_v3``. xds-protos ships no type stubs, so messages are
+``Any`` to mypy; the names of parameters and functions carry the types instead.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2 as cluster_v3
+from envoy.config.core.v3 import address_pb2 as address_v3
+from envoy.config.core.v3 import base_pb2 as base_v3
+from envoy.config.core.v3 import config_source_pb2 as config_source_v3
+from envoy.config.core.v3 import protocol_pb2 as protocol_v3
+from envoy.config.endpoint.v3 import endpoint_components_pb2 as endpoint_components_v3
+from envoy.config.endpoint.v3 import endpoint_pb2 as endpoint_v3
+from envoy.config.listener.v3 import listener_components_pb2 as listener_components_v3
+from envoy.config.listener.v3 import listener_pb2 as listener_v3
+from envoy.config.route.v3 import route_components_pb2 as route_components_v3
+from envoy.config.route.v3 import route_pb2 as route_v3
+from envoy.extensions.filters.http.router.v3 import router_pb2 as router_v3
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2 as tls_inspector_v3
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_v3
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2 as tcp_proxy_v3
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http_protocol_options_v3
+from envoy.type.matcher.v3 import string_pb2 as string_v3
+from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+
+# Envoy's well-known extension names.
+HCM_FILTER = "envoy.filters.network.http_connection_manager"
+TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
+ROUTER_FILTER = "envoy.filters.http.router"
+TLS_INSPECTOR_FILTER = "envoy.filters.listener.tls_inspector"
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+CONNECT_TIMEOUT_MS = 5_000
+"""How long an upstream connection may take: long enough for a loaded host, short enough to retry."""
+
+GRPC_CONTENT_TYPE = "application/grpc"
+"""A prefix: gRPC requests carry ``application/grpc`` or ``application/grpc+<codec>`` (spec §3.4)."""
+
+_BODIES = {
+    HTTPStatus.FORBIDDEN: "denied by the virtual service's default routing policy",
+    HTTPStatus.SERVICE_UNAVAILABLE: "no virtual deployment can take this request",
+}
+
+
+class Upstream(enum.Enum):
+    """What a cluster speaks to its endpoints."""
+
+    TCP = "tcp"  # bytes: no HTTP protocol options
+    HTTP1 = "http1"
+    HTTP2 = "http2"  # HTTP/2 and gRPC ports (h2c)
+
+
+Weights = Sequence[tuple[str, int]]
+"""(cluster name, relative weight > 0) pairs, in the order the user wrote them."""
+
+# ----------------------------------------------------------------------------------------- common
+
+
+def pack(message: Any) -> any_pb2.Any:
+    """``message`` wrapped in an ``Any``, serialised deterministically (stable bytes, stable hashes)."""
+    packed = any_pb2.Any()
+    packed.Pack(message, deterministic=True)
+    return packed
+
+
+def build_duration(ms: int) -> duration_pb2.Duration:
+    """A Duration of ``ms`` milliseconds; Envoy reads a zero timeout as "disabled"."""
+    return duration_pb2.Duration(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+
+
+def build_address(host: str, port: int) -> Any:
+    return address_v3.Address(socket_address=address_v3.SocketAddress(address=host, port_value=port))
+
+
+def build_ads_config_source() -> Any:
+    """"Fetch it on the ADS stream": how clusters find their endpoints and listeners their routes."""
+    return config_source_v3.ConfigSource(ads=config_source_v3.AggregatedConfigSource(),
+                                         resource_api_version=config_source_v3.ApiVersion.V3)
+
+
+# --------------------------------------------------------------------------------------- clusters
+
+
+def build_protocol_options(upstream: Upstream) -> dict[str, any_pb2.Any]:
+    """``typed_extension_protocol_options`` choosing the upstream HTTP version; none for TCP.
+
+    Set explicitly rather than left to defaults so that a gRPC upstream never gets HTTP/1.1 (the old
+    per-cluster ``http2_protocol_options`` is deprecated; envoy-notes trap 1).
+    """
+    if upstream is Upstream.TCP:
+        return {}
+    if upstream is Upstream.HTTP2:
+        explicit = http_protocol_options_v3.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options=protocol_v3.Http2ProtocolOptions())
+    else:
+        explicit = http_protocol_options_v3.HttpProtocolOptions.ExplicitHttpConfig(
+            http_protocol_options=protocol_v3.Http1ProtocolOptions())
+    return {HTTP_PROTOCOL_OPTIONS: pack(http_protocol_options_v3.HttpProtocolOptions(explicit_http_config=explicit))}
+
+
+def build_eds_cluster(name: str, *, upstream: Upstream) -> Any:
+    """A cluster whose endpoints arrive over ADS as the ClusterLoadAssignment ``name``."""
+    eds = cluster_v3.Cluster.EdsClusterConfig(eds_config=build_ads_config_source(), service_name=name)
+    return cluster_v3.Cluster(
+        name=name, type=cluster_v3.Cluster.EDS, eds_cluster_config=eds,
+        connect_timeout=build_duration(CONNECT_TIMEOUT_MS), lb_policy=cluster_v3.Cluster.ROUND_ROBIN,
+        typed_extension_protocol_options=build_protocol_options(upstream))
+
+
+def build_static_cluster(name: str, host: str, port: int, *, upstream: Upstream) -> Any:
+    """A cluster with one fixed endpoint (the application behind an inbound listener)."""
+    return cluster_v3.Cluster(
+        name=name, type=cluster_v3.Cluster.STATIC, connect_timeout=build_duration(CONNECT_TIMEOUT_MS),
+        lb_policy=cluster_v3.Cluster.ROUND_ROBIN, load_assignment=build_load_assignment(name, (host,), port),
+        typed_extension_protocol_options=build_protocol_options(upstream))
+
+
+def build_load_assignment(name: str, hosts: Iterable[str], port: int) -> Any:
+    """The endpoints of a cluster; with no hosts, an empty assignment (the cluster warms at once)."""
+    endpoints = [endpoint_components_v3.LbEndpoint(endpoint=endpoint_components_v3.Endpoint(
+        address=build_address(host, port))) for host in hosts]
+    localities = [endpoint_components_v3.LocalityLbEndpoints(lb_endpoints=endpoints)] if endpoints else []
+    return endpoint_v3.ClusterLoadAssignment(cluster_name=name, endpoints=localities)
+
+
+# ------------------------------------------------------------------------------------------ routes
+
+
+def build_route_configuration(name: str, virtual_hosts: Iterable[Any]) -> Any:
+    """Route configuration; clusters are not validated when it loads (see below).
+
+    ``validate_clusters`` is false so a route naming a cluster Envoy does not have (yet) answers 503
+    at request time instead of making Envoy reject the whole configuration for every host.
+    """
+    return route_v3.RouteConfiguration(name=name, virtual_hosts=list(virtual_hosts),
+                                       validate_clusters=wrappers_pb2.BoolValue(value=False))
+
+
+def build_virtual_host(name: str, domains: Iterable[str], routes: Iterable[Any]) -> Any:
+    return route_components_v3.VirtualHost(name=name, domains=list(domains), routes=list(routes))
+
+
+def build_route_match(prefix: str, *, grpc: bool) -> Any:
+    """A path-prefix match; for gRPC rules also a ``content-type`` prefix match on ``application/grpc``."""
+    match = route_components_v3.RouteMatch(prefix=prefix)
+    if grpc:
+        match.headers.append(route_components_v3.HeaderMatcher(
+            name="content-type", string_match=string_v3.StringMatcher(prefix=GRPC_CONTENT_TYPE)))
+    return match
+
+
+def build_route_action(weights: Weights, *, timeout_ms: int, idle_timeout_ms: int | None = None) -> Any:
+    """Forward to one cluster, or split over several by weight; ``timeout_ms`` 0 disables the timeout."""
+    action = route_components_v3.RouteAction(timeout=build_duration(timeout_ms))
+    if len(weights) == 1:
+        action.cluster = weights[0][0]
+    else:
+        action.weighted_clusters.CopyFrom(build_weighted_clusters(weights))
+    if idle_timeout_ms is not None:
+        action.idle_timeout.CopyFrom(build_duration(idle_timeout_ms))
+    return action
+
+
+def build_weighted_clusters(weights: Weights) -> Any:
+    """Relative weights (``total_weight`` is deprecated); the caller guarantees every weight is > 0."""
+    return route_components_v3.WeightedCluster(clusters=[
+        route_components_v3.WeightedCluster.ClusterWeight(name=name, weight=wrappers_pb2.UInt32Value(value=weight))
+        for name, weight in weights])
+
+
+def build_forward_route(name: str, match: Any, action: Any) -> Any:
+    return route_components_v3.Route(name=name, match=match, route=action)
+
+
+def build_direct_response_route(name: str, match: Any, status: int) -> Any:
+    """A route that answers ``status`` itself, with a one-line body saying why."""
+    body = _BODIES.get(HTTPStatus(status), HTTPStatus(status).phrase)
+    response = route_components_v3.DirectResponseAction(status=status, body=base_v3.DataSource(inline_string=body))
+    return route_components_v3.Route(name=name, match=match, direct_response=response)
+
+
+# ----------------------------------------------------------------------------------------- filters
+
+
+def build_http_connection_manager(stat_prefix: str, *, rds: str | None = None,
+                                  route_config: Any = None) -> Any:
+    """An HTTP connection manager filter (codec AUTO: HTTP/1.1 or h2c by the client's preface).
+
+    Routes come over RDS (``rds`` names the route configuration) or inline (``route_config``).
+    """
+    manager = hcm_v3.HttpConnectionManager(
+        codec_type=hcm_v3.HttpConnectionManager.AUTO, stat_prefix=stat_prefix,
+        http_filters=[hcm_v3.HttpFilter(name=ROUTER_FILTER, typed_config=pack(router_v3.Router()))])
+    if rds is not None:
+        manager.rds.CopyFrom(hcm_v3.Rds(config_source=build_ads_config_source(), route_config_name=rds))
+    else:
+        manager.route_config.CopyFrom(route_config)
+    return listener_components_v3.Filter(name=HCM_FILTER, typed_config=pack(manager))
+
+
+def build_tcp_proxy(stat_prefix: str, weights: Weights, *, idle_timeout_ms: int | None = None) -> Any:
+    """A TCP proxy filter to one cluster, or split over several by weight (per connection)."""
+    proxy = tcp_proxy_v3.TcpProxy(stat_prefix=stat_prefix)
+    if len(weights) == 1:
+        proxy.cluster = weights[0][0]
+    else:
+        proxy.weighted_clusters.CopyFrom(tcp_proxy_v3.TcpProxy.WeightedCluster(clusters=[
+            tcp_proxy_v3.TcpProxy.WeightedCluster.ClusterWeight(name=name, weight=weight) for name, weight in weights]))
+    if idle_timeout_ms is not None:
+        proxy.idle_timeout.CopyFrom(build_duration(idle_timeout_ms))
+    return listener_components_v3.Filter(name=TCP_PROXY_FILTER, typed_config=pack(proxy))
+
+
+def build_tls_inspector() -> Any:
+    """The listener filter that reads the SNI of a TLS ClientHello (for ``server_names`` matches)."""
+    return listener_components_v3.ListenerFilter(name=TLS_INSPECTOR_FILTER,
+                                                 typed_config=pack(tls_inspector_v3.TlsInspector()))
+
+
+# --------------------------------------------------------------------------------------- listeners
+
+
+def build_filter_chain(filters: Iterable[Any], *, name: str = "", server_names: Sequence[str] = ()) -> Any:
+    chain = listener_components_v3.FilterChain(name=name, filters=list(filters))
+    if server_names:
+        chain.filter_chain_match.CopyFrom(listener_components_v3.FilterChainMatch(server_names=list(server_names)))
+    return chain
+
+
+def build_listener(name: str, host: str, port: int, filter_chains: Iterable[Any], *, inbound: bool,
+                   listener_filters: Iterable[Any] = ()) -> Any:
+    """A listener bound to ``host:port``; the direction labels its stats and config dumps."""
+    direction = base_v3.TrafficDirection.INBOUND if inbound else base_v3.TrafficDirection.OUTBOUND
+    return listener_v3.Listener(name=name, address=build_address(host, port),
+                                filter_chains=list(filter_chains), listener_filters=list(listener_filters),
+                                traffic_direction=direction)

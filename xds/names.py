@@ -1,0 +1,80 @@
+"""Every name two parties must agree on: xDS resource names, type URLs and node-metadata keys.
+
+Names are contracts. A route names a cluster, a cluster names its ClusterLoadAssignment, a listener
+names its RDS route configuration; the producer and the consumer of each name both call the function
+here, so they cannot drift apart (after Contour's ``ClusterLoadAssignmentName``). The bootstrap and the
+ADS server read node metadata through the ``META_*`` keys.
+
+Shapes (``|`` separates parts because it never appears in a key, a host or a port):
+
+* ``inbound|<port>``: the listener, inline route configuration and STATIC cluster that carry traffic
+  for one port of the proxy's own deployment to its application.
+* ``outbound|http``: the HTTP listener on the outbound port and its RDS route configuration.
+* ``outbound|tcp|<port>`` / ``outbound|tls|<port>``: outbound TCP and TLS-passthrough listeners.
+* ``outbound|<port>|<namespace>/<deployment>``: the EDS cluster for one port of one virtual
+  deployment, and its ClusterLoadAssignment (same name).
+* ``<namespace>/<service>:<port>``: the virtual host of one HTTP port of one virtual service.
+
+This module imports nothing from Envoy or the control plane: names are plain strings.
+"""
+
+from __future__ import annotations
+
+# ------------------------------------------------------------------------------------ type URLs
+
+_PREFIX = "type.googleapis.com/"
+CLUSTER_TYPE = _PREFIX + "envoy.config.cluster.v3.Cluster"
+ENDPOINT_TYPE = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+LISTENER_TYPE = _PREFIX + "envoy.config.listener.v3.Listener"
+ROUTE_TYPE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
+
+PUSH_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+"""The order in which xDS types are pushed (architecture §7): a resource only names ones before it."""
+
+# --------------------------------------------------------------------------------- node metadata
+
+META_DEPLOYMENT = "meshplane.deployment"  # the virtual deployment key the proxy serves (namespace/name)
+META_ADDRESS = "meshplane.address"  # the workload's address: pod IP, or its own loopback in explicit mode
+META_CAPTURE = "meshplane.capture"  # "explicit" or "transparent" (ir.Capture)
+META_APP_PORTS = "meshplane.app_ports"  # explicit capture: {listener port: application port}
+
+# ----------------------------------------------------------------------------------------- ports
+
+OUTBOUND_HTTP_PORT = 15001
+"""Where applications send mesh HTTP traffic in explicit capture (the iptables target otherwise)."""
+
+SIDECAR_PORTS = frozenset({15000, 15001, 15003, 15006, 15010})
+"""Ports the sidecar keeps for itself (architecture §5): never bound for a mesh listener."""
+
+# ----------------------------------------------------------------------------------------- names
+
+OUTBOUND_HTTP = "outbound|http"
+"""The outbound HTTP listener and the route configuration it loads over RDS."""
+
+
+def inbound(port: int) -> str:
+    """The inbound listener, its inline route configuration and its cluster for one port."""
+    return f"inbound|{port}"
+
+
+def outbound_tcp_listener(port: int) -> str:
+    return f"outbound|tcp|{port}"
+
+
+def outbound_tls_listener(port: int) -> str:
+    return f"outbound|tls|{port}"
+
+
+def outbound_cluster(deployment: str, port: int) -> str:
+    """The EDS cluster for one port of one virtual deployment (``deployment`` is its key)."""
+    return f"outbound|{port}|{deployment}"
+
+
+def load_assignment(cluster: str) -> str:
+    """The ClusterLoadAssignment of an EDS cluster: its own name, which is also its ``service_name``."""
+    return cluster
+
+
+def virtual_host(service: str, port: int) -> str:
+    """The virtual host serving one HTTP port of one virtual service (``service`` is its key)."""
+    return f"{service}:{port}"
