@@ -14,6 +14,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+# Ports every sidecar keeps for itself (architecture §5): Envoy admin, outbound and inbound capture,
+# stats, health. No mesh listener may use them.
+SIDECAR_PORTS = frozenset({15000, 15001, 15003, 15006, 15010})
+
 # Envoy's default upstream response timeout for HTTP and HTTP/2 routes (spec §2.7); gRPC has none.
 DEFAULT_REQUEST_TIMEOUT_MS = 15_000
 

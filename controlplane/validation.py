@@ -46,6 +46,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from meshplane.controlplane import hostnames, wire
+from meshplane.controlplane.ir import SIDECAR_PORTS
 from meshplane.controlplane.model import (
     AccessPolicy,
     AnyObject,
@@ -392,6 +393,9 @@ def validate_virtual_deployment(old: VirtualDeployment | None, new: VirtualDeplo
     problems += [error(f"spec.listener[{i}].port", f"port {port} is already used by listener[{first}]; "
                                                    "each listener needs its own port")
                  for i, port, first in _repeats([listener.port for listener in new.spec.listeners])]
+    problems += [error(f"spec.listener[{i}].port", f"port {listener.port} is kept by the sidecar (ports "
+                                                   f"{', '.join(map(str, sorted(SIDECAR_PORTS)))}); use another port")
+                 for i, listener in enumerate(new.spec.listeners) if listener.port in SIDECAR_PORTS]
     return problems + _discovery(new, world)
 
 

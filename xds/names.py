@@ -15,10 +15,12 @@ Shapes (``|`` separates parts because it never appears in a key, a host or a por
   deployment, and its ClusterLoadAssignment (same name).
 * ``<namespace>/<service>:<port>``: the virtual host of one HTTP port of one virtual service.
 
-This module imports nothing from Envoy or the control plane: names are plain strings.
+This module imports nothing from Envoy, and from the control plane only the IR's constants.
 """
 
 from __future__ import annotations
+
+from meshplane.controlplane import ir
 
 # ------------------------------------------------------------------------------------ type URLs
 
@@ -43,7 +45,7 @@ META_APP_PORTS = "meshplane.app_ports"  # explicit capture: {listener port: appl
 OUTBOUND_HTTP_PORT = 15001
 """Where applications send mesh HTTP traffic in explicit capture (the iptables target otherwise)."""
 
-SIDECAR_PORTS = frozenset({15000, 15001, 15003, 15006, 15010})
+SIDECAR_PORTS = ir.SIDECAR_PORTS
 """Ports the sidecar keeps for itself (architecture §5): never bound for a mesh listener."""
 
 # ----------------------------------------------------------------------------------------- names

@@ -273,6 +273,8 @@ REJECTED: list[Case] = [
            path="spec.virtualService", mentions=("VirtualService shop/reviews",)),
     create("vd-listener-ports-unique", "reviews-v1", {"spec.listener[1]": {"protocol": "GRPC", "port": 9080}},
            path="spec.listener[1].port"),
+    create("vd-listener-not-a-sidecar-port", "reviews-v1", {"spec.listener[1]": {"protocol": "HTTP", "port": 15001}},
+           path="spec.listener[1].port", mentions=("kept by the sidecar",)),
     # ------------------------------------------------------------------------ route tables
     create("route-rule-exactly-one-type", "reviews-canary",
            {"spec.routeRules[0].tcpRoute": {"destinations": [{"virtualDeployment": {"ref": {"name": "reviews-v1"}},
@@ -460,6 +462,7 @@ ACCEPTED: list[Case] = [
     create("vd-parent-vs-has-hosts:egress-only-needs-no-hosts", "reviews-v1",
            {"spec.listener": DROP, "spec.serviceDiscovery": DROP}, extra=(m("reviews", {"spec.hosts": DROP}),)),
     create("vd-listener-ports-unique", "reviews-v1", {"spec.listener[1]": {"protocol": "GRPC", "port": 9081}}),
+    create("vd-listener-not-a-sidecar-port", "reviews-v1", {"spec.listener[1]": {"protocol": "HTTP", "port": 15011}}),
     # ------------------------------------------------------------------------ route tables
     create("route-rule-exactly-one-type", "reviews-canary",
            {"spec.routeRules[0]": {"tcpRoute": {"destinations": [{"virtualDeployment": {"ref": {"name": "reviews-v1"}},
