@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,6 +48,19 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("-f", "--filename", dest="paths", action="append", required=True, metavar="PATH",
                        help="a YAML/JSON file or a directory (repeatable)")
     check.set_defaults(run=_validate)
+
+    serve = commands.add_parser("serve", help="run the control plane on a config directory (standalone mode)",
+                                description="Load every YAML manifest under --config-dir, validate object by object "
+                                "(an invalid object is skipped and reported; the rest keep serving), watch the "
+                                "directory and apply edits live, and serve Envoy over ADS (SotW and Delta).")
+    serve.add_argument("--config-dir", type=Path, required=True, help="the directory of mesh manifests")
+    serve.add_argument("--state-dir", type=Path, required=True, help="where the control plane keeps its state")
+    serve.add_argument("--xds-address", default="127.0.0.1:15012", metavar="HOST:PORT")
+    serve.add_argument("--admin-address", default="127.0.0.1:15014", metavar="HOST:PORT")
+    serve.add_argument("--quiet-ms", type=int, default=100, help="rebuild after changes stop for this long (100)")
+    serve.add_argument("--max-delay-ms", type=int, default=1000, help="rebuild at most this long after a change")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(run=_serve)
 
     boot = commands.add_parser("bootstrap", help="write an Envoy bootstrap for a standalone sidecar",
                                description="Write the bootstrap of a sidecar in explicit capture mode: inbound on "
@@ -91,6 +105,18 @@ def _validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     warnings = len(findings) - errors
     print(f"{len(loaded.objects)} mesh object(s) checked: {errors} error(s), {warnings} warning(s)", file=err)
     return 1 if errors else 0
+
+
+def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from meshplane.controlplane import serve
+    from meshplane.controlplane.reconcile import Timing
+
+    logging.basicConfig(level=args.log_level.upper(), stream=err,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    timing = Timing(quiet=args.quiet_ms / 1000, max_delay=args.max_delay_ms / 1000)
+    options = serve.Options(args.config_dir, args.state_dir, args.xds_address, args.admin_address, timing)
+    asyncio.run(serve.run(options))
+    return 0
 
 
 def _bootstrap(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

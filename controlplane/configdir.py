@@ -64,6 +64,10 @@ class ConfigDir:
         self._apply(loaded.objects)
         return {o.key: o for o in self.world.all()} != before
 
+    def changed(self) -> bool:
+        """Whether the files differ from what was last read (a cheap stat of the directory)."""
+        return self._scan() != self._fingerprint
+
     def set_status(self, statuses: dict[ObjectKey, Status]) -> None:
         """Record computed statuses on the accepted objects (update gates read them)."""
         for key, new in statuses.items():

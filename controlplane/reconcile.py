@@ -77,6 +77,7 @@ class Controller(Generic[T]):
     publish: Publish[T]
     timing: Timing = Timing()
     data_plane: Callable[[], Mapping[ObjectKey, DataPlaneState]] = dict
+    after_round: Callable[[ir.MeshConfig], None] | None = None
     config: ir.MeshConfig = field(default_factory=ir.MeshConfig)
     problems: dict[ObjectKey, list[Problem]] = field(default_factory=dict)
     workloads: dict[str, ir.Workload] = field(default_factory=dict)
@@ -133,6 +134,8 @@ class Controller(Generic[T]):
         self._views = self._mesh_views()
         for workload in list(self.workloads.values()):
             await self._refresh(workload)
+        if self.after_round is not None:
+            self.after_round(self.config)
         self.rounds += 1
         self.last_round_seconds = time.perf_counter() - started
 

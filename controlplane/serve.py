@@ -1,0 +1,272 @@
+"""``meshplane serve`` in standalone mode: the composition root of the running control plane.
+
+Wires the pieces, and owns nothing else:
+
+    config directory ──poll──► Controller (sync → build → status → render per affected proxy)
+                                         │ render = xds.translate → Resource (serialised once) → Snapshot
+                                         ▼ publish = SnapshotCache.set
+    Envoy ◄── ADS (SotW + Delta) ── AggregatedDiscovery ── on_stream_open: node metadata → Workload
+    admin (HTTP): /healthz, /debug/syncz, /debug/resources
+
+A proxy is admitted when its node metadata names a virtual deployment (``meshplane bootstrap`` writes
+it); while its stream is open it is an endpoint of that deployment. ACKs and NACKs feed the objects'
+``ServiceMeshActive`` condition (a NACK sets it False with the proxy's message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from meshplane.controlplane import admin, ir, state, wire
+from meshplane.controlplane.configdir import ConfigDir
+from meshplane.controlplane.model import AnyObject, ConditionStatus, Kind, ObjectKey
+from meshplane.controlplane.reconcile import Controller, Timing
+from meshplane.controlplane.status import DataPlaneState
+from meshplane.controlplane.world import World, resolve
+from meshplane.xds import names
+from meshplane.xds.cache import InconsistentSnapshotError, Snapshot, SnapshotCache
+from meshplane.xds.resources import Resource, TypeUrl
+from meshplane.xds.server import Callbacks, StreamRefusedError, XdsServer
+from meshplane.xds.server import serve as serve_xds
+from meshplane.xds.translate import mesh_of, translate_outbound, translate_proxy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Options:
+    config_dir: Path
+    state_dir: Path
+    xds_address: str = "127.0.0.1:15012"
+    admin_address: str = "127.0.0.1:15014"
+    timing: Timing = Timing()
+    poll_seconds: float = 0.25
+
+
+class Renderer:
+    """Per-proxy snapshots; the part every proxy of a mesh shares is built and serialised once per build."""
+
+    def __init__(self) -> None:
+        self._config: ir.MeshConfig | None = None
+        self._shared: dict[str, tuple[Resource, ...]] = {}
+
+    def __call__(self, config: ir.MeshConfig, workload: ir.Workload) -> Snapshot:
+        if config is not self._config:
+            self._config, self._shared = config, {}
+        mesh = mesh_of(config, workload)
+        if mesh is None:
+            return Snapshot()
+        if mesh not in self._shared:
+            self._shared[mesh] = tuple(Resource.of(b.message, b.refs) for b in translate_outbound(config, mesh))
+        own = (Resource.of(b.message, b.refs) for b in translate_proxy(config, workload))
+        return Snapshot((*self._shared[mesh], *own))
+
+
+def workload_from_node(node: Any) -> ir.Workload:
+    """The workload a proxy says it is, from its node metadata; refuses what cannot be served."""
+    meta = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
+    deployment = meta.get(names.META_DEPLOYMENT)
+    address = meta.get(names.META_ADDRESS)
+    if not isinstance(deployment, str) or not isinstance(address, str):
+        raise StreamRefusedError(f"node {node.id!r} does not name its virtual deployment and address in its "
+                                 f"metadata ({names.META_DEPLOYMENT}, {names.META_ADDRESS}): generate its bootstrap "
+                                 "with `meshplane bootstrap`")
+    ports = meta.get(names.META_APP_PORTS) or {}
+    app_ports = tuple(sorted((int(k), int(v)) for k, v in ports.items()))
+    capture = ir.Capture(meta.get(names.META_CAPTURE, ir.Capture.EXPLICIT.value))
+    return ir.Workload(node.id, deployment, address, capture, app_ports)
+
+
+class ControlPlane:
+    """The running standalone control plane (start with :meth:`start`, stop with :meth:`stop`)."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.source = ConfigDir(options.config_dir)
+        self.cache = SnapshotCache()
+        self.controller: Controller[Snapshot] = Controller(self.source, Renderer(), self._publish, options.timing,
+                                                            data_plane=self._data_plane)
+        self.controller.after_round = self._after_round
+        self.xds: XdsServer | None = None
+        self.xds_port = 0
+        self.admin_port = 0
+        self._runner: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._streams: dict[int, str] = {}
+
+    async def start(self) -> None:
+        state.ensure(self.options.state_dir)
+        await self.controller.reconcile()  # serve a complete mesh to the very first proxy
+        callbacks = Callbacks(on_stream_open=self._open, on_stream_close=self._close,
+                              on_ack=self._acked, on_nack=self._nacked)
+        self.xds, self.xds_port = await serve_xds(self.options.xds_address, self.cache, callbacks)
+        host, port = _split(self.options.admin_address)
+        self._runner, self.admin_port = await admin.start(admin.create_app(self._views()), host, port)
+        self._tasks = [asyncio.create_task(self.controller.run()), asyncio.create_task(self._poll())]
+        log.info("meshplane serving %s: xDS on port %d, admin on port %d", self.options.config_dir, self.xds_port,
+                 self.admin_port)
+
+    async def stop(self, grace: float = 1.0) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.xds is not None:
+            await self.xds.stop(grace)
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # ------------------------------------------------------------------------------ wiring
+
+    async def _poll(self) -> None:
+        """Watch the config directory: a changed file pokes the controller."""
+        while True:
+            await asyncio.sleep(self.options.poll_seconds)
+            if self.source.changed():
+                self.controller.poke()
+
+    def _publish(self, workload: ir.Workload, snapshot: Snapshot) -> None:
+        try:
+            self.cache.set(workload.node_id, snapshot)
+        except InconsistentSnapshotError as exc:  # keep the last good snapshot; say why
+            log.error("not publishing to %s: %s", workload.node_id, exc)
+
+    def _after_round(self, config: ir.MeshConfig) -> None:
+        state.write_deployments(self.options.state_dir, config)
+
+    def _open(self, stream_id: int, node: Any) -> None:
+        workload = workload_from_node(node)
+        self._streams[stream_id] = workload.node_id
+        self.controller.connect(workload)
+
+    def _close(self, stream_id: int, node: Any) -> None:
+        node_id = self._streams.pop(stream_id, None)
+        if node_id is not None and node_id not in self._streams.values():
+            self.controller.disconnect(node_id)
+
+    def _acked(self, node_id: str, type_url: str, version: str) -> None:
+        self.controller.poke()  # ServiceMeshActive may now be True
+
+    def _nacked(self, node_id: str, type_url: str, version: str, message: str) -> None:
+        log.warning("proxy %s rejected %s version %s: %s", node_id, type_url.rsplit(".", 1)[-1], version, message)
+        self.controller.poke()
+
+    def _data_plane(self) -> Mapping[ObjectKey, DataPlaneState]:
+        """Per object, what the proxies that depend on it said (see :func:`data_plane_state`)."""
+        if self.xds is None:
+            return {}
+        return data_plane_state(self.controller, self.xds.ads.sync_states())
+
+    # ------------------------------------------------------------------------------ admin
+
+    def _views(self) -> admin.Views:
+        return admin.Views(healthy=lambda: self.controller.rounds > 0, syncz=self._syncz, resources=self._resources)
+
+    def _syncz(self) -> Any:
+        states = self.xds.ads.sync_states() if self.xds is not None else {}
+        proxies = []
+        for node_id, types in states.items():
+            workload = self.controller.workloads.get(node_id)
+            proxies.append({
+                "node": node_id, "deployment": workload.deployment if workload else None,
+                "address": workload.address if workload else None,
+                "types": {TypeUrl(t).short: {"status": s.status, "sent": s.sent, "acked": s.acked,
+                                                "nacked": s.nacked, "nack_message": s.nack_message}
+                          for t, s in types.items()},
+            })
+        return {"proxies": proxies}
+
+    def _resources(self) -> Any:
+        objects = [{"kind": o.kind.value, "namespace": o.namespace, "name": o.name,
+                    "generation": o.metadata.generation, "deleting": o.deleting,
+                    "conditions": wire.dump(o.status.conditions)} for o in self.source.world.all()]
+        rejected = [{"kind": f.kind, "namespace": f.namespace, "name": f.name, "source": str(f.source),
+                     "problem": f.line()} for findings in self.source.rejected.values() for f in findings]
+        files = [f.line() for f in self.source.file_findings]
+        return {"objects": objects, "rejected": rejected, "file_problems": files}
+
+
+def data_plane_state(controller: Controller[Any],
+                     states: Mapping[str, Mapping[str, Any]]) -> dict[ObjectKey, DataPlaneState]:
+    """Per object, the worst of what the connected proxies of its mesh report for the current config.
+
+    Every proxy of a mesh receives configuration derived from every object of that mesh (outbound
+    routes cover the whole mesh until access policies narrow it), so an object is Active when all
+    those proxies ACKed their latest versions, Unknown while any is behind, False when any NACKed.
+    """
+    worst: dict[str, DataPlaneState] = {}
+    for node_id, types in states.items():
+        workload = controller.workloads.get(node_id)
+        mesh = mesh_of(controller.config, workload) if workload else None
+        if mesh is not None:
+            worst[mesh] = _worse(worst.get(mesh), _proxy_state(node_id, types))
+    out: dict[ObjectKey, DataPlaneState] = {}
+    for obj in controller.source.world.all():
+        mesh = _mesh_key_of(controller.config, controller.source.world, obj)
+        if mesh in worst:
+            out[obj.key] = worst[mesh]
+    return out
+
+
+def _proxy_state(node_id: str, types: Mapping[str, Any]) -> DataPlaneState:
+    for type_url, sync in types.items():
+        if sync.status == "NACKED":
+            return DataPlaneState(ConditionStatus.FALSE, f"proxy {node_id} rejected the {TypeUrl(type_url).short} "
+                                                         f"configuration: {sync.nack_message}")
+    if any(sync.status == "STALE" for sync in types.values()):
+        return DataPlaneState(ConditionStatus.UNKNOWN, f"waiting for proxy {node_id} to acknowledge")
+    return DataPlaneState(ConditionStatus.TRUE, "")
+
+
+_RANK = {ConditionStatus.TRUE: 0, ConditionStatus.UNKNOWN: 1, ConditionStatus.FALSE: 2}
+
+
+def _worse(a: DataPlaneState | None, b: DataPlaneState) -> DataPlaneState:
+    return b if a is None or _RANK[b.status] > _RANK[a.status] else a
+
+
+def _mesh_key_of(config: ir.MeshConfig, world: World, obj: AnyObject) -> str | None:
+    """The mesh an object's configuration belongs to, through the IR (None if it is not served)."""
+    key = f"{obj.namespace}/{obj.name}"
+    if obj.kind is Kind.MESH:
+        return key
+    if obj.kind is Kind.VIRTUAL_SERVICE_ROUTE_TABLE:
+        parent = resolve(world, obj.spec.virtual_service, Kind.VIRTUAL_SERVICE, obj.namespace)
+        key = f"{parent.namespace}/{parent.name}" if parent is not None else ""
+    elif obj.kind is Kind.VIRTUAL_DEPLOYMENT:
+        deployment = config.deployment(key)
+        key = deployment.service if deployment is not None else ""
+    elif obj.kind is not Kind.VIRTUAL_SERVICE:
+        return None
+    service = config.service(key)
+    return service.mesh if service is not None else None
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def run(options: Options) -> None:
+    """Serve until SIGINT or SIGTERM, then stop gracefully."""
+    plane = ControlPlane(options)
+    await plane.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await stopping.wait()
+    finally:
+        log.info("stopping")
+        await plane.stop()
