@@ -1,0 +1,141 @@
+"""Canary traffic shifting with the real control plane, real Envoy sidecars and real traffic.
+
+The mesh: a client (egress-only deployment) calls ``reviews``, served by v1 and v2 (and v3 later),
+each an echo app behind its own sidecar; route tables live in the config directory and are edited
+while traffic flows. Weights are checked by who answered; safety by every status code.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.harness import Mesh, Results, load, mesh
+
+pytestmark = pytest.mark.envoy
+
+API = "servicemesh.oci.oracle.com/v1beta1"
+HOST = "reviews.shop.mesh"
+PORT, APP_PORT = 9080, 19080
+
+
+def obj(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": API, "kind": kind, "metadata": {"name": name, "namespace": "shop"}, "spec": spec}
+
+
+def base(versions: tuple[str, ...] = ("v1", "v2"), policy: str = "UNIFORM") -> list[dict[str, Any]]:
+    docs = [
+        obj("Mesh", "shop", {"mtls": {"minimum": "DISABLED"}}),
+        obj("VirtualService", "reviews", {"mesh": {"ref": {"name": "shop"}}, "hosts": [HOST],
+                                          "defaultRoutingPolicy": {"type": policy}, "mtls": {"mode": "DISABLED"}}),
+        obj("VirtualService", "client", {"mesh": {"ref": {"name": "shop"}}, "mtls": {"mode": "DISABLED"}}),
+        obj("VirtualDeployment", "client", {"virtualService": {"ref": {"name": "client"}}}),
+    ]
+    docs += [obj("VirtualDeployment", f"reviews-{v}", {
+        "virtualService": {"ref": {"name": "reviews"}}, "listener": [{"protocol": "HTTP", "port": PORT}],
+        "serviceDiscovery": {"type": "DNS", "hostname": f"reviews-{v}.shop.mesh"}}) for v in versions]
+    return docs
+
+
+def table(weights: dict[str, int], *, priority: int | None = None, path: str = "/",
+          name: str = "reviews-canary") -> dict[str, Any]:
+    spec: dict[str, Any] = {"virtualService": {"ref": {"name": "reviews"}}, "routeRules": [{"httpRoute": {
+        "path": path, "pathType": "PREFIX",
+        "destinations": [{"virtualDeployment": {"ref": {"name": f"reviews-{v}"}}, "weight": w, "port": PORT}
+                         for v, w in weights.items()]}}]}
+    if priority is not None:
+        spec["priority"] = priority
+    return obj("VirtualServiceRouteTable", name, spec)
+
+
+def start(m: Mesh, versions: tuple[str, ...] = ("v1", "v2"), *, expect: int = 200) -> str:
+    """Start control plane, apps and sidecars; return the client sidecar's outbound URL once the
+    client's requests get ``expect`` (every time)."""
+    m.start_control_plane()
+    for i, version in enumerate(versions):
+        m.start_app(f"reviews-{version}", 11 + i, APP_PORT)
+        m.start_sidecar(f"reviews-{version}", f"shop/reviews-{version}", 11 + i, {PORT: APP_PORT})
+    m.start_sidecar("client", "shop/client", 10)
+    url = f"http://{m.address(10)}:15001"
+    m.wait_for(lambda: load(url, HOST, count=40, seconds=5).statuses == {expect: 40}, 30,
+               f"the client's requests to get {expect}")
+    return url
+
+
+def share(results: Results, name: str) -> float:
+    return results.names.count(name) / max(1, len(results.names))
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+def test_a_90_10_route_table_splits_2000_requests_within_3_points(tmp_path: Path, delta: bool) -> None:
+    with mesh(tmp_path, delta=delta) as m:
+        m.write("mesh.yaml", [*base(), table({"v1": 90, "v2": 10})])
+        url = start(m)
+        m.wait_for(lambda: "reviews-v2" in load(url, HOST, count=100, seconds=5).names, 20, "v2 to get traffic")
+        results = load(url, HOST, count=2000, concurrency=32, seconds=60)
+        assert results.failed == 0, (results.statuses, results.errors[:3])
+        assert len(results.names) == 2000
+        assert abs(share(results, "reviews-v1") - 0.90) <= 0.03, results.names.count("reviews-v1")
+        assert abs(share(results, "reviews-v2") - 0.10) <= 0.03
+
+
+def test_shifting_all_traffic_to_v2_under_load_drops_no_request(tmp_path: Path) -> None:
+    with mesh(tmp_path) as m:
+        m.write("mesh.yaml", [*base(), table({"v1": 90, "v2": 10})])
+        url = start(m)
+        m.wait_for(lambda: "reviews-v2" in load(url, HOST, count=100, seconds=5).names, 20, "v2 to get traffic")
+        edited: dict[str, float] = {}
+
+        def edit() -> None:
+            time.sleep(2.0)
+            m.write("mesh.yaml", [*base(), table({"v1": 0, "v2": 100})])
+            edited["at"] = time.monotonic()
+
+        editor = threading.Thread(target=edit)
+        started = time.monotonic()
+        editor.start()
+        results = load(url, HOST, count=1200, rate=150, concurrency=32, seconds=15)
+        editor.join()
+        assert results.failed == 0, (results.statuses, results.errors[:3])
+        assert len(results.names) >= 1000, "the load ran at 150 requests/s"
+        since_edit = edited["at"] - started
+        late_v1 = [t for t, _, name in results.timeline if name == "reviews-v1" and t > since_edit + 2.0]
+        assert late_v1 == [], f"v1 still answered {len(late_v1)} requests more than 2 s after the edit"
+        assert any(name == "reviews-v2" and t > since_edit for t, _, name in results.timeline)
+
+
+def test_adding_a_third_version_at_10_percent_causes_no_503(tmp_path: Path) -> None:
+    with mesh(tmp_path) as m:
+        m.write("mesh.yaml", [*base(("v1", "v2", "v3")), table({"v1": 50, "v2": 50})])
+        url = start(m, ("v1", "v2", "v3"))
+        stop = threading.Event()
+
+        def edit() -> None:
+            time.sleep(1.5)
+            m.write("mesh.yaml", [*base(("v1", "v2", "v3")), table({"v1": 45, "v2": 45, "v3": 10})])
+
+        editor = threading.Thread(target=edit)
+        editor.start()
+        results = load(url, HOST, count=900, rate=120, concurrency=32, seconds=12)
+        editor.join()
+        stop.set()
+        assert results.failed == 0, (results.statuses, results.errors[:3])
+        assert "reviews-v3" in results.names, "v3 got its share after the edit"
+
+
+def test_deny_default_refuses_and_priority_and_prefix_rules_route(tmp_path: Path) -> None:
+    with mesh(tmp_path) as m:
+        m.write("mesh.yaml", base(policy="DENY"))
+        url = start(m, expect=403)
+        denied = load(url, HOST, count=20, seconds=5)
+        assert denied.statuses == {403: 20}
+        m.write("mesh.yaml", [*base(policy="DENY"), table({"v2": 1}, priority=1, path="/api", name="api"),
+                              table({"v1": 1}, priority=5, path="/", name="rest")])
+        m.wait_for(lambda: set(load(url, HOST, count=20, seconds=5, path="/api/x").names) == {"reviews-v2"}, 20,
+                   "/api to route to v2")
+        assert set(load(url, HOST, count=40, seconds=5, path="/other").names) == {"reviews-v1"}
+        assert set(load(url, HOST, count=40, seconds=5, path="/api/books").names) == {"reviews-v2"}
