@@ -16,6 +16,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import subprocess
 import time
 import urllib.request
@@ -193,8 +194,6 @@ def mesh(root: Path, *, delta: bool = False) -> Iterator[Mesh]:
 
 
 def _can_connect(host: str, port: int) -> bool:
-    import socket
-
     with socket.create_connection((host, port), timeout=0.5):
         return True
 
@@ -216,7 +215,7 @@ class Results:
         return sum(n for code, n in self.statuses.items() if not 200 <= code < 300) + len(self.errors)
 
 
-async def _one(session: aiohttp.ClientSession, url: str, host: str, results: Results, start: float,
+async def _one(session: aiohttp.ClientSession, url: str, host: str, results: Results, *, start: float,
                path: str = "/") -> None:
     try:
         async with session.get(url + path, headers={"Host": host}) as reply:
@@ -239,7 +238,7 @@ async def _load(url: str, host: str, *, count: int, rate: float | None, concurre
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=concurrency)) as session:
         async def fire() -> None:
             async with limit:
-                await _one(session, url, host, results, start, path)
+                await _one(session, url, host, results, start=start, path=path)
 
         tasks = []
         for i in range(count):
