@@ -101,11 +101,19 @@ class Controller(Generic[T]):
         self._inputs.pop(workload.node_id, None)  # a new stream needs a snapshot even if nothing changed
         self.poke()
 
-    def disconnect(self, node_id: str) -> None:
+    def disconnect(self, node_id: str, grace: float | None = None) -> None:
         """A proxy's stream ended: it stops being an endpoint after the grace period."""
         if node_id in self.workloads and node_id not in self._leaving:
             loop = asyncio.get_running_loop()
-            self._leaving[node_id] = loop.call_later(self.timing.grace, self._forget, node_id)
+            delay = self.timing.grace if grace is None else grace
+            self._leaving[node_id] = loop.call_later(delay, self._forget, node_id)
+
+    def remember(self, workloads: list[ir.Workload], grace: float) -> None:
+        """Workloads a previous run knew: endpoints for ``grace`` seconds unless their proxies reconnect."""
+        for workload in workloads:
+            if workload.node_id not in self.workloads:
+                self.workloads[workload.node_id] = workload
+                self.disconnect(workload.node_id, grace)
 
     def _forget(self, node_id: str) -> None:
         self._leaving.pop(node_id, None)

@@ -50,6 +50,7 @@ class Options:
     admin_address: str = "127.0.0.1:15014"
     timing: Timing = Timing()
     poll_seconds: float = 0.25
+    restart_grace: float = 30.0  # how long workloads of a previous run stay endpoints while they reconnect
 
 
 class Renderer:
@@ -105,6 +106,7 @@ class ControlPlane:
 
     async def start(self) -> None:
         state.ensure(self.options.state_dir)
+        self.controller.remember(state.read_workloads(self.options.state_dir), self.options.restart_grace)
         await self.controller.reconcile()  # serve a complete mesh to the very first proxy
         callbacks = Callbacks(on_stream_open=self._open, on_stream_close=self._close,
                               on_ack=self._acked, on_nack=self._nacked)
@@ -143,6 +145,7 @@ class ControlPlane:
 
     def _after_round(self, config: ir.MeshConfig) -> None:
         state.write_deployments(self.options.state_dir, config)
+        state.write_workloads(self.options.state_dir, list(self.controller.workloads.values()))
 
     def _open(self, stream_id: int, node: Any) -> None:
         workload = workload_from_node(node)

@@ -1,8 +1,12 @@
 """The state directory shared by ``meshplane serve`` and ``meshplane bootstrap``.
 
-``serve`` writes what a bootstrap needs to know about the mesh it is running — today, each virtual
+``serve`` writes what a bootstrap needs to know about the mesh it is running — each virtual
 deployment's listener ports and protocols (``deployments.json``) — so that ``bootstrap`` can refuse a
 sidecar whose application ports do not cover its deployment's listeners before Envoy ever starts.
+
+It also remembers the workloads connected to it (``workloads.json``): after a restart, they stay
+endpoints for a grace period while their proxies reconnect. Without that, the first proxy to reconnect
+would be told that every other deployment has no endpoint, and its requests would fail.
 The directory is created with mode 0700: it will also hold the mesh CA's keys.
 """
 
@@ -16,6 +20,7 @@ from typing import Any
 from meshplane.controlplane import ir
 
 DEPLOYMENTS = "deployments.json"
+WORKLOADS = "workloads.json"
 
 
 def ensure(state_dir: Path) -> Path:
@@ -31,8 +36,30 @@ def deployments_view(config: ir.MeshConfig) -> dict[str, Any]:
 
 def write_deployments(state_dir: Path, config: ir.MeshConfig) -> bool:
     """Write ``deployments.json`` atomically if its content changed; True if written."""
-    path = ensure(state_dir) / DEPLOYMENTS
     text = json.dumps(deployments_view(config), indent=2, sort_keys=True) + "\n"
+    return _write(ensure(state_dir) / DEPLOYMENTS, text)
+
+
+def write_workloads(state_dir: Path, workloads: list[ir.Workload]) -> bool:
+    """Remember the connected workloads, so a restarted control plane keeps them as endpoints."""
+    data = [{"node_id": w.node_id, "deployment": w.deployment, "address": w.address, "capture": w.capture.value,
+             "app_ports": [list(p) for p in w.app_ports]} for w in sorted(workloads, key=lambda w: w.node_id)]
+    return _write(ensure(state_dir) / WORKLOADS, json.dumps(data, indent=2) + "\n")
+
+
+def read_workloads(state_dir: Path) -> list[ir.Workload]:
+    """The workloads a previous run knew (none if it wrote nothing, or the file is unreadable)."""
+    path = state_dir / WORKLOADS
+    try:
+        raw = json.loads(path.read_text()) if path.is_file() else []
+        return [ir.Workload(w["node_id"], w["deployment"], w["address"], ir.Capture(w["capture"]),
+                            tuple((int(a), int(b)) for a, b in w["app_ports"])) for w in raw]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def _write(path: Path, text: str) -> bool:
+    """Write atomically if the content changed; True if written."""
     if path.exists() and path.read_text() == text:
         return False
     tmp = path.with_suffix(".tmp")

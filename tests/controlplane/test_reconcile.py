@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from meshplane.controlplane import ir
+from meshplane.controlplane import ir, state
 from meshplane.controlplane.configdir import ConfigDir
 from meshplane.controlplane.reconcile import Controller, Timing, settle
 from tests import data
@@ -168,3 +168,35 @@ def test_statuses_are_recorded_on_the_accepted_objects(tmp_path: Path) -> None:
     objects = ctl.source.world.all()
     assert objects and all(len(o.status.conditions) >= 2 for o in objects)
     assert [str(o.key) for o in objects if o.status.conditions[0].status.value != "True"] == []
+
+
+def test_workloads_of_a_previous_run_stay_endpoints_until_the_grace_period_ends(tmp_path: Path) -> None:
+    write_canary(tmp_path)
+    state.write_workloads(tmp_path / "state", [V1, V2])
+    remembered = state.read_workloads(tmp_path / "state")
+    assert remembered == [V1, V2]
+    ctl, _ = controller(tmp_path)
+
+    async def scenario() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        ctl.remember(remembered, grace=0.1)
+        ctl.connect(V1)  # v1's proxy reconnects; v2's does not
+        await ctl.reconcile()
+        first = _endpoints(ctl, "shop/reviews-v2")
+        await asyncio.sleep(0.2)
+        await ctl.reconcile()
+        return first, _endpoints(ctl, "shop/reviews-v2"), _endpoints(ctl, "shop/reviews-v1")
+
+    first, later, v1 = asyncio.run(scenario())
+    assert first == ("127.0.0.12",), "a remembered workload is an endpoint right after a restart"
+    assert later == (), "and stops being one when its proxy does not come back in time"
+    assert v1 == ("127.0.0.11",), "a workload whose proxy reconnected stays"
+
+
+def test_unreadable_remembered_workloads_are_ignored(tmp_path: Path) -> None:
+    (tmp_path / "workloads.json").write_text("{not json")
+    assert state.read_workloads(tmp_path) == []
+
+
+def _endpoints(ctl: Controller[Rendered], key: str) -> tuple[str, ...]:
+    deployment = ctl.config.deployment(key)
+    return deployment.endpoints if deployment else ()
