@@ -28,10 +28,10 @@ from google.protobuf import json_format
 
 from meshplane.controlplane import admin, ir, state, wire
 from meshplane.controlplane.configdir import ConfigDir
-from meshplane.controlplane.model import AnyObject, ConditionStatus, Kind, ObjectKey
+from meshplane.controlplane.model import ConditionStatus, Kind, ObjectKey
 from meshplane.controlplane.reconcile import Controller, Timing
 from meshplane.controlplane.status import DataPlaneState
-from meshplane.controlplane.world import World, resolve
+from meshplane.controlplane.world import resolve
 from meshplane.xds import names
 from meshplane.xds.cache import InconsistentSnapshotError, Snapshot, SnapshotCache
 from meshplane.xds.resources import Resource, TypeUrl
@@ -201,31 +201,45 @@ class ControlPlane:
 
 def data_plane_state(controller: Controller[Any],
                      states: Mapping[str, Mapping[str, Any]]) -> dict[ObjectKey, DataPlaneState]:
-    """Per object, the worst of what the connected proxies of its mesh report for the current config.
+    """Per object, the worst of what the connected proxies that carry it report.
 
-    Every proxy of a mesh receives configuration derived from every object of that mesh (outbound
-    routes cover the whole mesh until access policies narrow it), so an object is Active when all
-    those proxies ACKed their latest versions, Unknown while any is behind, False when any NACKed.
+    A proxy's state is attributed to its own VirtualDeployment (its inbound listeners) and to the
+    route tables of its mesh (its outbound routes): the objects whose changes users wait on. Parents
+    (Mesh, VirtualService) are never marked, because children wait for a parent to be fully ready and
+    one proxy's rejection would otherwise hold up every object under it — including the edit that
+    fixes it. An object is Active when every proxy carrying it ACKed its latest versions, Unknown while
+    any is behind, False with the proxy's message when any NACKed.
     """
-    worst: dict[str, DataPlaneState] = {}
+    out: dict[ObjectKey, DataPlaneState] = {}
+    tables = _tables_by_mesh(controller)
     for node_id, types in states.items():
         workload = controller.workloads.get(node_id)
-        mesh = mesh_of(controller.config, workload) if workload else None
-        if mesh is not None:
-            worst[mesh] = _worse(worst.get(mesh), _proxy_state(node_id, types))
-    out: dict[ObjectKey, DataPlaneState] = {}
-    for obj in controller.source.world.all():
-        mesh = _mesh_key_of(controller.config, controller.source.world, obj)
-        if mesh in worst:
-            out[obj.key] = worst[mesh]
+        if workload is None:
+            continue
+        proxy = _proxy_state(node_id, types)
+        namespace, _, name = workload.deployment.partition("/")
+        mesh = mesh_of(controller.config, workload)
+        for key in (ObjectKey(Kind.VIRTUAL_DEPLOYMENT, namespace, name), *tables.get(mesh, ())):
+            out[key] = _worse(out.get(key), proxy)
     return out
+
+
+def _tables_by_mesh(controller: Controller[Any]) -> dict[str | None, list[ObjectKey]]:
+    world = controller.source.world
+    found: dict[str | None, list[ObjectKey]] = {}
+    for table in world.objects(Kind.VIRTUAL_SERVICE_ROUTE_TABLE):
+        parent = resolve(world, table.spec.virtual_service, Kind.VIRTUAL_SERVICE, table.namespace)
+        service = controller.config.service(f"{parent.namespace}/{parent.name}") if parent is not None else None
+        if service is not None:
+            found.setdefault(service.mesh, []).append(table.key)
+    return found
 
 
 def _proxy_state(node_id: str, types: Mapping[str, Any]) -> DataPlaneState:
     for type_url, sync in types.items():
         if sync.status == "NACKED":
             return DataPlaneState(ConditionStatus.FALSE, f"proxy {node_id} rejected the {TypeUrl(type_url).short} "
-                                                         f"configuration: {sync.nack_message}")
+                                                         f"configuration: {sync.nack_message.strip()}")
     if any(sync.status == "STALE" for sync in types.values()):
         return DataPlaneState(ConditionStatus.UNKNOWN, f"waiting for proxy {node_id} to acknowledge")
     return DataPlaneState(ConditionStatus.TRUE, "")
@@ -236,23 +250,6 @@ _RANK = {ConditionStatus.TRUE: 0, ConditionStatus.UNKNOWN: 1, ConditionStatus.FA
 
 def _worse(a: DataPlaneState | None, b: DataPlaneState) -> DataPlaneState:
     return b if a is None or _RANK[b.status] > _RANK[a.status] else a
-
-
-def _mesh_key_of(config: ir.MeshConfig, world: World, obj: AnyObject) -> str | None:
-    """The mesh an object's configuration belongs to, through the IR (None if it is not served)."""
-    key = f"{obj.namespace}/{obj.name}"
-    if obj.kind is Kind.MESH:
-        return key
-    if obj.kind is Kind.VIRTUAL_SERVICE_ROUTE_TABLE:
-        parent = resolve(world, obj.spec.virtual_service, Kind.VIRTUAL_SERVICE, obj.namespace)
-        key = f"{parent.namespace}/{parent.name}" if parent is not None else ""
-    elif obj.kind is Kind.VIRTUAL_DEPLOYMENT:
-        deployment = config.deployment(key)
-        key = deployment.service if deployment is not None else ""
-    elif obj.kind is not Kind.VIRTUAL_SERVICE:
-        return None
-    service = config.service(key)
-    return service.mesh if service is not None else None
 
 
 def _split(address: str) -> tuple[str, int]:

@@ -134,7 +134,8 @@ class Mesh:
         self._spawn(f"app-{name}", command)
         self.wait_for(lambda: _can_connect(self.address(host), port), 15, f"app {name} to listen")
 
-    def start_sidecar(self, name: str, deployment: str, host: int, app_ports: dict[int, int] | None = None) -> Envoy:
+    def start_sidecar(self, name: str, deployment: str, host: int, app_ports: dict[int, int] | None = None, *,
+                      wait: bool = True) -> Envoy:
         """Write the sidecar's bootstrap with ``meshplane bootstrap`` and start the real Envoy on it."""
         out = self.root / f"bootstrap-{name}.yaml"
         argv = ["bootstrap", "--state-dir", str(self.state_dir), "--xds-address", f"127.0.0.1:{self.xds_port}",
@@ -150,7 +151,8 @@ class Mesh:
         workdir.mkdir(exist_ok=True)
         envoy = start_envoy(yaml.safe_load(out.read_text()), workdir)
         self.envoys[name] = envoy
-        envoy.wait_ready(30)
+        if wait:
+            envoy.wait_ready(30)
         return envoy
 
     def wait_for(self, check: Any, timeout: float, what: str) -> None:

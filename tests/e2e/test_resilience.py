@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -9,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import load, mesh
-from tests.e2e.test_canary import HOST, base, start, table
+from tests.e2e.harness import Mesh, load, mesh
+from tests.e2e.test_canary import APP_PORT, HOST, PORT, base, start, table
 
 pytestmark = pytest.mark.envoy
 
@@ -44,3 +46,41 @@ def test_stopping_the_control_plane_for_5_s_under_load_fails_no_request(tmp_path
         m.wait_for(lambda: all_synced(m.syncz(), nodes), 40, "every proxy to be SYNCED after the restart")
         after = load(url, HOST, count=200, seconds=10)
         assert after.failed == 0 and {"reviews-v1", "reviews-v2"} <= set(after.names)
+
+
+def conditions_of(m: Mesh, kind: str, name: str) -> dict[str, dict[str, Any]]:
+    objects = json.loads(m.admin("/debug/resources")[1])["objects"]
+    found = next(o for o in objects if o["kind"] == kind and o["name"] == name)
+    return {c["type"]: c for c in found["conditions"]}
+
+
+def test_a_configuration_envoy_rejects_is_reported_and_not_resent(tmp_path: Path) -> None:
+    with mesh(tmp_path) as m:
+        m.write("mesh.yaml", base(("v1",)))
+        m.start_control_plane()
+        with socket.socket() as squatter:  # something else holds the sidecar's inbound address
+            squatter.bind((m.address(11), PORT))
+            squatter.listen(1)
+            envoy = m.start_sidecar("reviews-v1", "shop/reviews-v1", 11, {PORT: APP_PORT}, wait=False)
+
+            def lds() -> dict[str, Any]:
+                proxy = next(p for p in m.syncz()["proxies"] if p["node"] == "reviews-v1")
+                result: dict[str, Any] = proxy["types"]["LDS"]
+                return result
+
+            m.wait_for(lambda: lds()["status"] == "NACKED", 20, "the proxy to reject its listeners")
+            assert "cannot bind" in lds()["nack_message"] and "Address already in use" in lds()["nack_message"]
+            m.wait_for(lambda: conditions_of(m, "VirtualDeployment", "reviews-v1")["ServiceMeshActive"]["status"]
+                       == "False", 10, "the virtual deployment's status to show the rejection")
+            active = conditions_of(m, "VirtualDeployment", "reviews-v1")["ServiceMeshActive"]
+            assert active["reason"] == "ConfigurationRejected" and "cannot bind" in active["message"]
+            assert conditions_of(m, "Mesh", "shop")["ServiceMeshActive"]["status"] == "True", "parents unaffected"
+            time.sleep(3)  # the rejected version is parked: Envoy is not sent it again
+            assert "listener_manager.lds.update_rejected: 1" in envoy.admin_get("/stats?filter=lds.update")[1]
+        # the port is free now; a change of the deployment's configuration is accepted
+        docs = base(("v1",))
+        docs[-1]["spec"]["listener"][0]["requestTimeoutInMs"] = 20000
+        m.write("mesh.yaml", docs)
+        m.wait_for(lambda: lds()["status"] == "SYNCED", 20, "the next configuration to be accepted")
+        m.wait_for(lambda: conditions_of(m, "VirtualDeployment", "reviews-v1")["ServiceMeshActive"]["status"]
+                   == "True", 10, "the status to recover")
