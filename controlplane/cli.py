@@ -86,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
     echo.add_argument("--name", required=True, help="the name it answers with, e.g. reviews-v2")
     echo.set_defaults(run=_echo)
 
+    demo = commands.add_parser("demo", help="watch a canary shift live: control plane, apps and real Envoys",
+                               description="Start the control plane, sample applications and real Envoy sidecars "
+                               "on loopback addresses; show the live v1/v2 split of the bookstore's catalog canary, "
+                               "shift it twice by editing the route table, and clean up.")
+    demo.add_argument("--requests", type=int, default=400, help="requests per phase (default 400)")
+    demo.set_defaults(run=_demo)
+
     crds = commands.add_parser("crds", help="print the CustomResourceDefinitions (kubectl apply -f -)")
     crds.add_argument("--write", metavar="DIR", type=Path, help="write one file per kind into DIR instead")
     crds.set_defaults(run=_crds)
@@ -138,6 +145,13 @@ def _echo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(echo.run_forever(args.address, args.port, args.name))
     return 0
+
+
+def _demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from meshplane.controlplane import demo
+
+    logging.basicConfig(level="WARNING", stream=err)
+    return demo.run(out, args.requests)
 
 
 def _crds(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
