@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="where the application listens for each listener of the deployment (repeatable)")
     boot.add_argument("--admin-port", type=int, default=15000, help="Envoy admin port on 127.0.0.1 (default 15000)")
     boot.add_argument("--node-id", help="the proxy's identity (default: NAME.NAMESPACE-POD_IP)")
+    boot.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
+                      help="how long to wait for the control plane to serve the deployment (default 10)")
     boot.add_argument("--delta", action="store_true", help="use incremental (Delta) ADS instead of State of the World")
     boot.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
     boot.set_defaults(run=_bootstrap)
@@ -131,7 +133,7 @@ def _bootstrap(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         spec = sidecar.bootstrap_spec(
             state_dir=args.state_dir, xds_address=args.xds_address, deployment=args.virtual_deployment,
             pod_ip=args.pod_ip, app_ports=args.app_port, admin_port=args.admin_port, node_id=args.node_id,
-            delta=args.delta)
+            delta=args.delta, wait=args.wait)
     except sidecar.BootstrapError as exc:
         print(f"meshplane bootstrap: {exc}", file=err)
         return 1

@@ -81,10 +81,22 @@ def workload_from_node(node: Any) -> ir.Workload:
         raise StreamRefusedError(f"node {node.id!r} does not name its virtual deployment and address in its "
                                  f"metadata ({names.META_DEPLOYMENT}, {names.META_ADDRESS}): generate its bootstrap "
                                  "with `meshplane bootstrap`")
-    ports = meta.get(names.META_APP_PORTS) or {}
-    app_ports = tuple(sorted((int(k), int(v)) for k, v in ports.items()))
-    capture = ir.Capture(meta.get(names.META_CAPTURE, ir.Capture.EXPLICIT.value))
+    try:
+        ports = meta.get(names.META_APP_PORTS) or {}
+        app_ports = tuple(sorted((_port(k), _port(v)) for k, v in ports.items()))
+        capture = ir.Capture(meta.get(names.META_CAPTURE, ir.Capture.EXPLICIT.value))
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise StreamRefusedError(f"node {node.id!r} has malformed metadata ({exc}): regenerate its bootstrap with "
+                                 "`meshplane bootstrap`") from None
     return ir.Workload(node.id, deployment, address, capture, app_ports)
+
+
+def _port(value: object) -> int:
+    """A port from node metadata: 19080, 19080.0 or "19080" (Struct numbers are doubles)."""
+    number = float(str(value))
+    if not number.is_integer() or not 0 < number < 65536:
+        raise ValueError(f"{value!r} is not a port")
+    return int(number)
 
 
 class ControlPlane:

@@ -9,6 +9,7 @@ application port collides with a listener or with a port the sidecar keeps for i
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,17 +23,20 @@ class BootstrapError(ValueError):
 
 
 def bootstrap_spec(*, state_dir: Path, xds_address: str, deployment: str, pod_ip: str, app_ports: Sequence[str],
-                   admin_port: int, node_id: str | None, delta: bool) -> BootstrapSpec:
+                   admin_port: int, node_id: str | None, delta: bool, wait: float = 0.0) -> BootstrapSpec:
+    """The bootstrap of one sidecar. ``wait`` seconds are allowed for a control plane that is just starting
+    (or a deployment just added to its config directory) to show up in the state directory."""
     host, port = parse_address(xds_address, "--xds-address")
     _check_ip(pod_ip)
-    listeners = _listeners(state_dir, deployment)
+    listeners = _listeners_when_served(state_dir, deployment, wait)
     mapping = _app_ports(app_ports, listeners, pod_ip)
     namespace, _, name = deployment.partition("/")
     metadata = {
         names.META_DEPLOYMENT: deployment,
         names.META_ADDRESS: pod_ip,
         names.META_CAPTURE: ir.Capture.EXPLICIT.value,
-        names.META_APP_PORTS: {str(k): v for k, v in sorted(mapping.items())},
+        # strings: protobuf Struct keeps numbers as doubles, which come back as "19080.0" from YAML
+        names.META_APP_PORTS: {str(k): str(v) for k, v in sorted(mapping.items())},
     }
     return BootstrapSpec(node_id or f"{name}.{namespace}-{pod_ip}", deployment, metadata, host, port,
                          admin_port=admin_port, delta=delta)
@@ -50,6 +54,17 @@ def _check_ip(pod_ip: str) -> None:
         ipaddress.ip_address(pod_ip)
     except ValueError:
         raise BootstrapError(f"--pod-ip must be an IP address, e.g. 127.0.0.11; got {pod_ip!r}") from None
+
+
+def _listeners_when_served(state_dir: Path, deployment: str, wait: float) -> dict[int, str]:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return _listeners(state_dir, deployment)
+        except BootstrapError:
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(0.1)
 
 
 def _listeners(state_dir: Path, deployment: str) -> dict[int, str]:

@@ -140,11 +140,15 @@ class Envoy:
             raise RuntimeError(f"Envoy exited with {self.process.returncode}\n{self.log_tail()}")
 
 
-def start_envoy(bootstrap: Mapping[str, Any], workdir: Path, *, log_level: str = "info") -> Envoy:
-    """Start Envoy with ``bootstrap`` (files go to ``workdir``); the caller must :meth:`Envoy.stop` it."""
+def start_envoy(bootstrap: Mapping[str, Any] | Path, workdir: Path, *, log_level: str = "info") -> Envoy:
+    """Start Envoy with ``bootstrap`` — data, or a bootstrap file used as it is (files go to ``workdir``);
+    the caller must :meth:`Envoy.stop` it."""
     base_id = next(_base_ids)
-    config = workdir / f"envoy-{base_id}.json"
-    config.write_text(json.dumps(bootstrap))
+    if isinstance(bootstrap, Path):
+        config = bootstrap
+    else:
+        config = workdir / f"envoy-{base_id}.json"
+        config.write_text(json.dumps(bootstrap))
     return Envoy(
         subprocess.Popen(
             [str(envoy_path()), "-c", str(config), "--base-id", str(base_id), "--concurrency", "1",

@@ -24,7 +24,8 @@ def bootstrap(tmp_path: Path, *extra: str, deployment: str = "shop/reviews-v1") 
     out = tmp_path / "envoy.yaml"
     err = io.StringIO()
     code = main(["bootstrap", "--state-dir", str(tmp_path / "state"), "--xds-address", "127.0.0.1:15012",
-                 "--virtual-deployment", deployment, "--pod-ip", "127.0.0.11", "-o", str(out), *extra],
+                 "--virtual-deployment", deployment, "--pod-ip", "127.0.0.11", "-o", str(out), "--wait", "0",
+                 *extra],
                 out=io.StringIO(), err=err)
     return code, err.getvalue(), out
 
@@ -40,7 +41,7 @@ def test_a_complete_bootstrap_is_written_and_real_envoy_accepts_it(served: Path)
                                "--admin-port", "19000")
     assert code == 0, err
     data = yaml.safe_load(out.read_text())
-    assert data["node"]["metadata"]["meshplane.app_ports"] == {"9080": 19080, "9090": 19090}
+    assert data["node"]["metadata"]["meshplane.app_ports"] == {"9080": "19080", "9090": "19090"}
     assert data["node"]["id"] == "reviews-v1.shop-127.0.0.11"
     assert data["dynamic_resources"]["ads_config"]["api_type"] == "DELTA_GRPC"
     done = subprocess.run([str(envoy_path()), "--mode", "validate", "-c", str(out)], capture_output=True, text=True,
@@ -74,3 +75,15 @@ def test_a_bootstrap_that_cannot_work_is_refused_with_what_to_do(served: Path, e
 def test_without_a_running_control_plane_state_the_bootstrap_says_to_start_it(tmp_path: Path) -> None:
     code, err, _ = bootstrap(tmp_path, "--app-port", "9080=19080")
     assert code == 1 and "start `meshplane serve --state-dir" in err
+
+
+def test_the_bootstrap_waits_for_a_control_plane_that_is_starting(tmp_path: Path) -> None:
+    import threading
+
+    writer = threading.Timer(0.3, state.write_deployments, (tmp_path / "state", CONFIG))
+    writer.start()
+    try:
+        code, err, _ = bootstrap(tmp_path, "--app-port", "9080=19080", "--app-port", "9090=19090", "--wait", "5")
+    finally:
+        writer.join()
+    assert code == 0, err

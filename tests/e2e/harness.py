@@ -149,7 +149,7 @@ class Mesh:
         assert cli(argv, out=io.StringIO(), err=err) == 0, err.getvalue()
         workdir = self.root / f"envoy-{name}"
         workdir.mkdir(exist_ok=True)
-        envoy = start_envoy(yaml.safe_load(out.read_text()), workdir)
+        envoy = start_envoy(out, workdir)  # the file exactly as `meshplane bootstrap` wrote it
         self.envoys[name] = envoy
         if wait:
             envoy.wait_ready(30)
