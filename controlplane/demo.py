@@ -31,7 +31,7 @@ from typing import Any, TextIO
 import aiohttp
 import yaml
 
-from meshplane.controlplane import echo, sidecar
+from meshplane.controlplane import echo, procs, sidecar
 from meshplane.controlplane.reconcile import Timing
 from meshplane.controlplane.serve import ControlPlane, Options
 from meshplane.xds.bootstrap import render_bootstrap
@@ -126,7 +126,7 @@ class Demo:
             yield plane
         finally:
             for process in self.envoys:
-                _stop(process)
+                procs.stop(process)
             for app in apps:
                 await app.cleanup()
             await plane.stop()
@@ -202,16 +202,6 @@ def _served_weights(plane: ControlPlane) -> dict[str, int]:
 def _all_synced(plane: ControlPlane) -> bool:
     states = plane.xds.ads.sync_states() if plane.xds is not None else {}
     return bool(states) and all(t.status == "SYNCED" for types in states.values() for t in types.values())
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
 
 
 def run(out: TextIO, requests: int = 400) -> int:

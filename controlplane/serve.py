@@ -115,6 +115,7 @@ class ControlPlane:
         self._runner: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._streams: dict[int, str] = {}
+        self._unpublished: dict[str, str] = {}  # node id → why its latest snapshot was not published
 
     async def start(self) -> None:
         state.ensure(self.options.state_dir)
@@ -150,10 +151,15 @@ class ControlPlane:
                 self.controller.poke()
 
     def _publish(self, workload: ir.Workload, snapshot: Snapshot) -> None:
+        """Publish a consistent snapshot; otherwise keep the last good one and report why on the proxy's
+        virtual deployment (through :func:`data_plane_state`)."""
         try:
             self.cache.set(workload.node_id, snapshot)
-        except InconsistentSnapshotError as exc:  # keep the last good snapshot; say why
-            log.error("not publishing to %s: %s", workload.node_id, exc)
+        except InconsistentSnapshotError as exc:
+            self._unpublished[workload.node_id] = "; ".join(exc.problems)
+            log.error("not publishing to %s, keeping its last good configuration: %s", workload.node_id, exc)
+            return
+        self._unpublished.pop(workload.node_id, None)
 
     def _after_round(self, config: ir.MeshConfig) -> None:
         state.write_deployments(self.options.state_dir, config)
@@ -180,7 +186,7 @@ class ControlPlane:
         """Per object, what the proxies that depend on it said (see :func:`data_plane_state`)."""
         if self.xds is None:
             return {}
-        return data_plane_state(self.controller, self.xds.ads.sync_states())
+        return data_plane_state(self.controller, self.xds.ads.sync_states(), self._unpublished)
 
     # ------------------------------------------------------------------------------ admin
 
@@ -211,8 +217,8 @@ class ControlPlane:
         return {"objects": objects, "rejected": rejected, "file_problems": files}
 
 
-def data_plane_state(controller: Controller[Any],
-                     states: Mapping[str, Mapping[str, Any]]) -> dict[ObjectKey, DataPlaneState]:
+def data_plane_state(controller: Controller[Any], states: Mapping[str, Mapping[str, Any]],
+                     unpublished: Mapping[str, str] | None = None) -> dict[ObjectKey, DataPlaneState]:
     """Per object, the worst of what the connected proxies that carry it report.
 
     A proxy's state is attributed to its own VirtualDeployment (its inbound listeners) and to the
@@ -220,15 +226,19 @@ def data_plane_state(controller: Controller[Any],
     (Mesh, VirtualService) are never marked, because children wait for a parent to be fully ready and
     one proxy's rejection would otherwise hold up every object under it — including the edit that
     fixes it. An object is Active when every proxy carrying it ACKed its latest versions, Unknown while
-    any is behind, False with the proxy's message when any NACKed.
+    any is behind, False with the proxy's message when any NACKed — or when the control plane could
+    not publish a consistent configuration for it (``unpublished``: node id → reason).
     """
     out: dict[ObjectKey, DataPlaneState] = {}
     tables = _tables_by_mesh(controller)
-    for node_id, types in states.items():
+    for node_id in sorted(set(states) | set(unpublished or {})):
         workload = controller.workloads.get(node_id)
         if workload is None:
             continue
-        proxy = _proxy_state(node_id, types)
+        proxy = _proxy_state(node_id, states.get(node_id, {}))
+        if unpublished and node_id in unpublished:
+            proxy = DataPlaneState(ConditionStatus.FALSE, f"configuration for proxy {node_id} not published, its last "
+                                                          f"good one stays: {unpublished[node_id]}")
         namespace, _, name = workload.deployment.partition("/")
         mesh = mesh_of(controller.config, workload)
         for key in (ObjectKey(Kind.VIRTUAL_DEPLOYMENT, namespace, name), *tables.get(mesh, ())):

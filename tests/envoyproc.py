@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meshplane.controlplane import procs
 from tests.envoybin import envoy_path
 
 XDS_CLUSTER = "xds_cluster"
@@ -127,13 +128,7 @@ class Envoy:
 
     def stop(self) -> None:
         """Terminate, then kill if it lingers; always reap the process."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        procs.stop(self.process)
 
     def _check_alive(self) -> None:
         if self.process.poll() is not None:

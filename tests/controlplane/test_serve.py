@@ -1,15 +1,22 @@
-"""Admitting proxies: the workload a node's metadata describes, or a refusal that says what to do."""
+"""Admitting proxies from their node metadata, and what proxies report feeding the objects' status."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 from envoy.config.core.v3 import base_pb2
 
 from meshplane.controlplane import ir
-from meshplane.controlplane.serve import workload_from_node
-from meshplane.xds.server import StreamRefusedError
+from meshplane.controlplane.configdir import ConfigDir
+from meshplane.controlplane.model import ConditionStatus, Kind, ObjectKey
+from meshplane.controlplane.reconcile import Controller
+from meshplane.controlplane.serve import data_plane_state, workload_from_node
+from meshplane.xds.resources import TypeUrl
+from meshplane.xds.server import StreamRefusedError, TypeSync
+from tests.controlplane.test_configdir import write_canary
 
 
 def node(metadata: dict[str, Any]) -> Any:
@@ -38,3 +45,43 @@ def test_a_node_whose_metadata_cannot_be_served_is_refused_with_what_to_do(metad
     with pytest.raises(StreamRefusedError, match=message) as refused:
         workload_from_node(node(metadata))
     assert "meshplane bootstrap" in str(refused.value)
+
+
+def canary_controller(tmp_path: Path) -> Controller[None]:
+    write_canary(tmp_path)
+    ctl: Controller[None] = Controller(ConfigDir(tmp_path), lambda config, workload: None, lambda w, r: None)
+    ctl.connect(ir.Workload("reviews-v1-a", "shop/reviews-v1", "127.0.0.11", app_ports=((9080, 19080),)))
+    ctl.connect(ir.Workload("reviews-v2-a", "shop/reviews-v2", "127.0.0.12", app_ports=((9080, 19080),)))
+    asyncio.run(ctl.reconcile())
+    return ctl
+
+
+SYNCED = {t.value: TypeSync(sent="a", acked="a") for t in TypeUrl if t is not TypeUrl.SECRET}
+VD1 = ObjectKey(Kind.VIRTUAL_DEPLOYMENT, "shop", "reviews-v1")
+VD2 = ObjectKey(Kind.VIRTUAL_DEPLOYMENT, "shop", "reviews-v2")
+TABLE = ObjectKey(Kind.VIRTUAL_SERVICE_ROUTE_TABLE, "shop", "reviews-canary")
+
+
+def test_a_nack_marks_the_proxys_deployment_and_the_meshs_route_tables_but_no_parent(tmp_path: Path) -> None:
+    ctl = canary_controller(tmp_path)
+    nacked = {**SYNCED, TypeUrl.LISTENER.value: TypeSync(sent="b", acked="a", nacked="b", nack_message="cannot bind")}
+    states = data_plane_state(ctl, {"reviews-v1-a": nacked, "reviews-v2-a": SYNCED})
+    assert states[VD1].status is ConditionStatus.FALSE and "cannot bind" in states[VD1].message
+    assert states[TABLE].status is ConditionStatus.FALSE
+    assert states[VD2].status is ConditionStatus.TRUE
+    assert not {k for k in states if k.kind in (Kind.MESH, Kind.VIRTUAL_SERVICE)}
+
+
+def test_a_proxy_still_behind_makes_its_objects_unknown(tmp_path: Path) -> None:
+    ctl = canary_controller(tmp_path)
+    behind = {**SYNCED, TypeUrl.ROUTE.value: TypeSync(sent="b", acked="a")}
+    states = data_plane_state(ctl, {"reviews-v1-a": SYNCED, "reviews-v2-a": behind})
+    assert states[VD2].status is ConditionStatus.UNKNOWN and states[TABLE].status is ConditionStatus.UNKNOWN
+    assert states[VD1].status is ConditionStatus.TRUE
+
+
+def test_an_unpublished_snapshot_is_reported_on_the_proxys_deployment(tmp_path: Path) -> None:
+    ctl = canary_controller(tmp_path)
+    states = data_plane_state(ctl, {"reviews-v1-a": SYNCED}, {"reviews-v1-a": "route names cluster x, not in CDS"})
+    assert states[VD1].status is ConditionStatus.FALSE
+    assert "not published, its last good one stays: route names cluster x" in states[VD1].message

@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from meshplane.controlplane import procs
 from meshplane.controlplane.cli import main as cli
 from tests.envoyproc import Envoy, free_port, start_envoy
 
@@ -52,13 +53,7 @@ class Process:
         return f"--- {self.name} ---\n" + "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=5)
+        procs.stop(self.popen)
 
 
 @dataclass
