@@ -132,20 +132,23 @@ class Demo:
             await plane.stop()
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def start_sidecar(self, plane: ControlPlane, name: str, host: int, ports: dict[int, int]) -> None:
+    def start_sidecar(self, plane: ControlPlane, name: str, host: int, ports: dict[int, int], *,
+                      node_id: str | None = None) -> None:
+        """A real Envoy for one workload of deployment ``name`` on ``<subnet>.<host>``."""
         address = f"{self.subnet}.{host}"
+        node = node_id or name
         spec = sidecar.bootstrap_spec(state_dir=self.root / "state", xds_address=f"127.0.0.1:{plane.xds_port}",
                                       deployment=f"{NS}/{name}", pod_ip=address,
                                       app_ports=[f"{k}={v}" for k, v in ports.items()], admin_port=0,
-                                      node_id=name, delta=False)
-        path = self.root / f"{name}.json"
+                                      node_id=node, delta=False)
+        path = self.root / f"{node}.json"
         path.write_text(json.dumps(render_bootstrap(spec)))
-        log = (self.root / f"{name}.log").open("wb")
+        log = (self.root / f"{node}.log").open("wb")
         command = [envoy_binary(), "-c", str(path), "--base-id", str(random.randint(1000, 60000)), "--concurrency",
-                   "1", "--admin-address-path", str(self.root / f"{name}.admin"), "-l", "warning"]
+                   "1", "--admin-address-path", str(self.root / f"{node}.admin"), "-l", "warning"]
         self.envoys.append(subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log))
         log.close()
-        self.say(f"sidecar {name}: Envoy on {address} (inbound :{PORT} → app :{APP_PORT}, outbound :15001)")
+        self.say(f"sidecar {node}: Envoy on {address} (inbound :{PORT} → app :{APP_PORT}, outbound :15001)")
 
     async def sample(self, url: str, count: int) -> Counter[str]:
         seen: Counter[str] = Counter()
@@ -178,7 +181,7 @@ class Demo:
         started = loop.time()
         while loop.time() - started < timeout:
             if _served_weights(plane) == {f"{NS}/catalog-v{i}": w for i, w in ((1, v1), (2, v2)) if w} and \
-                    _all_synced(plane):
+                    all_synced(plane):
                 self.say(f"  every proxy had it within {loop.time() - started:.2f} s")
                 return
             await asyncio.sleep(0.02)
@@ -199,7 +202,8 @@ def _served_weights(plane: ControlPlane) -> dict[str, int]:
     return {b.deployment: b.weight for b in service.ports[0].routes[0].backends}
 
 
-def _all_synced(plane: ControlPlane) -> bool:
+def all_synced(plane: ControlPlane) -> bool:
+    """Every connected proxy has acknowledged the latest version of every type."""
     states = plane.xds.ads.sync_states() if plane.xds is not None else {}
     return bool(states) and all(t.status == "SYNCED" for types in states.values() for t in types.values())
 
