@@ -19,7 +19,10 @@ Choices (each written in docs/traffic.md for users):
 * **Timeouts.** A deployment port's timeout is its listener's ``requestTimeoutInMs``, else 15 s for
   HTTP/HTTP2 and none for GRPC. A rule's timeout is its own ``requestTimeoutInMs``, else the largest
   of its destinations' port timeouts (none if any of them has none), so a listener's longer timeout
-  is not cut short by the caller.
+  is not cut short by the caller. A rule's idle timeout (HTTP) follows the same reasoning over its
+  destinations' listener ``idleTimeoutInMs``: none when no destination sets one (the caller keeps its
+  default), else the largest set value, where 0 (disabled) outlasts any other. TCP and TLS listeners'
+  idle timeouts bound connections, not streams, and apply only on the receiving side.
 """
 
 from __future__ import annotations
@@ -181,9 +184,11 @@ def _default_route(vs: AnyObject, number: int, serving: list[ir.Deployment]) -> 
     origin = f"VirtualService {key_of(vs)} defaultRoutingPolicy"
     if policy is not None and policy.type is RoutingPolicyType.DENY:
         return ir.Route(origin + " DENY", status=403)
-    backends = _alive([ir.Backend(d.key, number, 1) for d in serving], {d.key: d for d in serving})
-    timeout = _timeout(None, backends, {d.key: d for d in serving})
-    return ir.Route(origin + " UNIFORM", timeout_ms=timeout, backends=backends, status=None if backends else 503)
+    deployments = {d.key: d for d in serving}
+    backends = _alive([ir.Backend(d.key, number, 1) for d in serving], deployments)
+    return ir.Route(origin + " UNIFORM", timeout_ms=_timeout(None, backends, deployments),
+                    idle_timeout_ms=_idle_timeout(backends, deployments), backends=backends,
+                    status=None if backends else 503)
 
 
 # ------------------------------------------------------------------------------------------- rules
@@ -205,8 +210,9 @@ def _rule_route(ctx: _Build, table: AnyObject, index: int, rule: VirtualServiceR
     timeout = _timeout(http.request_timeout_in_ms if http else None, backends, ctx.deployments)
     if http and http.is_grpc and http.request_timeout_in_ms is None:
         timeout = 0
-    status = None if backends else 503
-    return ir.Route(origin, prefix, bool(http and http.is_grpc), timeout, backends, status)
+    return ir.Route(origin, prefix, bool(http and http.is_grpc), timeout,
+                    idle_timeout_ms=_idle_timeout(backends, ctx.deployments), backends=backends,
+                    status=None if backends else 503)
 
 
 def _rule_fits(rule: VirtualServiceRouteRule, protocol: ir.Protocol) -> bool:
@@ -252,3 +258,16 @@ def _timeout(rule_timeout: int | None, backends: Iterable[ir.Backend],
         return ir.DEFAULT_REQUEST_TIMEOUT_MS
     return 0 if 0 in timeouts else max(timeouts)
 
+
+def _idle_timeout(backends: Iterable[ir.Backend], deployments: Mapping[str, ir.Deployment]) -> int | None:
+    """The idle timeout a caller gives a stream to these backends, so it never cuts one short.
+
+    Only HTTP ports count (a TCP port's idle timeout bounds connections, on the receiving side). None
+    when no backend's port sets one; 0 (disabled) when any does, since no bound outlasts it; else the
+    largest, so the most patient destination decides.
+    """
+    found = [p.idle_timeout_ms for b in backends if (p := deployments[b.deployment].port(b.port)) is not None
+             and p.protocol.is_http and p.idle_timeout_ms is not None]
+    if not found:
+        return None
+    return 0 if 0 in found else max(found)

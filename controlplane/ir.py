@@ -96,12 +96,16 @@ class Route:
     instead: 503 when the rule has nowhere to send traffic (all weights 0, no live destination), 403
     when the service's default routing policy is DENY. ``origin`` names the rule for people and
     golden files (``VirtualServiceRouteTable shop/reviews-canary rule 0``).
+
+    ``timeout_ms`` and ``idle_timeout_ms`` are what the calling sidecar enforces (0 = disabled);
+    ``idle_timeout_ms`` None leaves the caller's default stream idle timeout in force.
     """
 
     origin: str
     prefix: str = "/"
     grpc: bool = False
     timeout_ms: int = DEFAULT_REQUEST_TIMEOUT_MS
+    idle_timeout_ms: int | None = None
     backends: tuple[Backend, ...] = ()
     status: int | None = None
 

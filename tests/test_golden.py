@@ -12,6 +12,12 @@ generated and reviewed in diffs:
 ``pytest tests/test_golden.py --update-golden`` rewrites the outputs (and deletes the ones no case
 produces any more); otherwise a difference fails with a unified diff, and so does a stale file or a
 case folder without ``input.yaml``. Inputs are strict: an unknown field or document is an error.
+
+Inputs must also be manifests the mesh would admit: every object passes ``validate`` (as a create,
+against an authoritative world of the case's objects) without errors, so a golden file never shows
+behaviour that only an invalid object could cause. Warnings are fine (a case may be about a dangling
+reference). A case that is explicitly about an invalid object lists its expected errors in
+``EXPECTED_ADMISSION_ERRORS``; none does today.
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ from google.protobuf import json_format
 
 from meshplane.controlplane import ir, manifests, wire
 from meshplane.controlplane.build import Problems, build
+from meshplane.controlplane.problems import format_problem
 from meshplane.controlplane.status import compute_status
+from meshplane.controlplane.validation import validate
 from meshplane.controlplane.world import Index
 from meshplane.xds import names
 from meshplane.xds.translate import Built, dangling_refs, translate
@@ -44,6 +52,8 @@ WORKLOAD_FIELDS = {"kind", "nodeId", "deployment", "address", "appPorts"}
 NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 GROUPS = {names.CLUSTER_TYPE: "clusters", names.ENDPOINT_TYPE: "endpoints", names.LISTENER_TYPE: "listeners",
           names.ROUTE_TYPE: "routes"}
+EXPECTED_ADMISSION_ERRORS: Mapping[str, list[str]] = {}
+"""Case name → the admission errors it exists to show (``format_problem`` lines, any order)."""
 
 
 # ------------------------------------------------------------------------------------------ input
@@ -133,6 +143,16 @@ def produce(case: Path) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------ tests
 
 
+def admission_errors(case: Path) -> list[str]:
+    """The errors ``validate`` finds creating each object of the case in the case's own (complete) world.
+
+    Errors only: warnings are advice the webhook lets through, and some cases show exactly that.
+    """
+    world, _ = load_case(case)
+    return [format_problem(obj.kind.value, obj.namespace, obj.name, problem)
+            for obj in world.all() for problem in validate(None, obj, world) if problem.is_error]
+
+
 def existing_outputs(case: Path) -> set[str]:
     return {p.relative_to(case).as_posix() for p in case.rglob("*") if p.is_file()} - {"input.yaml"}
 
@@ -171,6 +191,17 @@ def test_golden_files_match(case: Path, update_golden: bool) -> None:
             failures.append(diff(path.relative_to(GOLDEN), expected, text))
     if failures:
         pytest.fail("\n".join(failures) + "\nReview, then rerun with --update-golden to accept.", pytrace=False)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda p: p.name)
+def test_golden_inputs_are_admitted(case: Path) -> None:
+    """A golden file is only worth reviewing if the webhook would have let its input in."""
+    found = admission_errors(case)
+    expected = EXPECTED_ADMISSION_ERRORS.get(case.name, [])
+    if sorted(found) != sorted(expected):
+        lines = [f"  {case.name}: {line}" for line in found if line not in expected]
+        lines += [f"  {case.name}: expected but not found: {line}" for line in expected if line not in found]
+        pytest.fail(f"{case.name}/input.yaml is not a valid manifest set:\n" + "\n".join(lines), pytrace=False)
 
 
 def test_there_are_golden_cases() -> None:

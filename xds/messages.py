@@ -164,7 +164,11 @@ def build_route_match(prefix: str, *, grpc: bool) -> Any:
 
 
 def build_route_action(weights: Weights, *, timeout_ms: int, idle_timeout_ms: int | None = None) -> Any:
-    """Forward to one cluster, or split over several by weight; ``timeout_ms`` 0 disables the timeout."""
+    """Forward to one cluster, or split over several by weight; a zero timeout disables it.
+
+    ``idle_timeout_ms`` None sets no route idle timeout, so the connection manager's stream idle
+    timeout (Envoy's default, 5 min) still applies; a value replaces it for this route.
+    """
     action = route_components_v3.RouteAction(timeout=build_duration(timeout_ms))
     if len(weights) == 1:
         action.cluster = weights[0][0]

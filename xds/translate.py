@@ -236,7 +236,8 @@ def _http_routes(routes: Iterable[ir.Route]) -> tuple[list[Any], frozenset[Ref]]
         if not weights:
             built.append(messages.build_direct_response_route(route.origin, match, route.status or 503))
             continue
-        action = messages.build_route_action(weights, timeout_ms=route.timeout_ms)
+        action = messages.build_route_action(weights, timeout_ms=route.timeout_ms,
+                                             idle_timeout_ms=route.idle_timeout_ms)
         built.append(messages.build_forward_route(route.origin, match, action))
         refs |= _cluster_refs(weights)
     return built, frozenset(refs)

@@ -29,6 +29,8 @@ from hypothesis import strategies as st
 
 from meshplane.controlplane import ir
 from meshplane.controlplane.build import build
+from meshplane.controlplane.model import parse_object
+from meshplane.controlplane.world import Index
 from meshplane.xds import messages, names
 from meshplane.xds.bootstrap import BootstrapSpec, render_bootstrap
 from meshplane.xds.translate import (
@@ -233,6 +235,57 @@ def test_a_cluster_without_endpoints_gets_an_empty_assignment() -> None:
     assert not assignment.endpoints
 
 
+@pytest.mark.parametrize("idle_ms", [60_000, 0, None])
+def test_an_outbound_route_has_the_routes_idle_timeout_only_when_it_has_one(idle_ms: int | None) -> None:
+    """0 must reach Envoy as 0 s (disabled), and None as no field (the stream idle timeout applies)."""
+    config = canary()
+    catalog = http_service("shop/catalog", ir.Route("test rule", idle_timeout_ms=idle_ms,
+                                                    backends=(ir.Backend("shop/catalog-v1", 8080, 1),)))
+    resources = translate(ir.MeshConfig(config.meshes, (catalog, config.services[1]), config.deployments), FRONTEND)
+    [action] = route_actions(resources)
+    assert action.HasField("idle_timeout") is (idle_ms is not None)
+    if idle_ms is not None:
+        assert action.idle_timeout.ToMilliseconds() == idle_ms
+
+
+def idle_world(idle_by_deployment: dict[str, int | None]) -> Index:
+    """catalog with one deployment per entry (HTTP 8080, that idle timeout) and a rule over all of them."""
+    api = "servicemesh.oci.oracle.com/v1beta1"
+    raw: list[dict[str, Any]] = [
+        {"apiVersion": api, "kind": "Mesh", "metadata": {"name": "shop-mesh", "namespace": "shop"}, "spec": {}},
+        {"apiVersion": api, "kind": "VirtualService", "metadata": {"name": "catalog", "namespace": "shop"},
+         "spec": {"mesh": {"ref": {"name": "shop-mesh"}}, "hosts": ["catalog.shop.mesh"]}},
+        {"apiVersion": api, "kind": "VirtualServiceRouteTable", "metadata": {"name": "routes", "namespace": "shop"},
+         "spec": {"virtualService": {"ref": {"name": "catalog"}}, "routeRules": [{"httpRoute": {"destinations": [
+             {"virtualDeployment": {"ref": {"name": name}}, "weight": 1} for name in idle_by_deployment]}}]}}]
+    for name, idle_ms in idle_by_deployment.items():
+        listener = {"protocol": "HTTP", "port": 8080} | ({} if idle_ms is None else {"idleTimeoutInMs": idle_ms})
+        raw.append({"apiVersion": api, "kind": "VirtualDeployment", "metadata": {"name": name, "namespace": "shop"},
+                    "spec": {"virtualService": {"ref": {"name": "catalog"}}, "listener": [listener],
+                             "serviceDiscovery": {"type": "DNS", "hostname": f"{name}.shop.mesh"}}})
+    objects = [parse_object(r) for r in raw]
+    assert all(obj is not None and not problems for obj, problems in objects), objects
+    return Index(obj for obj, _ in objects if obj is not None)
+
+
+@pytest.mark.parametrize(("idle_by_deployment", "expected"), [
+    ({"v1": None, "v2": None}, None),  # nobody sets one: the caller keeps its default
+    ({"v1": 60_000, "v2": None}, 60_000),  # a destination without one does not count
+    ({"v1": 60_000, "v2": 120_000}, 120_000),  # the most patient destination decides
+    ({"v1": 60_000, "v2": 0}, 0),  # disabled outlasts any bound
+])
+def test_a_rule_takes_the_largest_idle_timeout_its_destinations_set(idle_by_deployment: dict[str, int | None],
+                                                                     expected: int | None) -> None:
+    config, problems = build(idle_world(idle_by_deployment))
+    assert not problems
+    [service] = config.services
+    [port] = service.ports
+    [route] = port.routes
+    assert route.idle_timeout_ms == expected
+    [action] = route_actions(translate_outbound(config, MESH))
+    assert action.HasField("idle_timeout") is (expected is not None)
+
+
 def test_merge_refuses_two_resources_with_one_name() -> None:
     one = Built(names.CLUSTER_TYPE, "c", cluster_v3.Cluster(name="c"))
     with pytest.raises(ValueError, match="two resources are named 'c'"):
@@ -279,8 +332,8 @@ def service(draw: st.DrawFn, key: str, deployments: list[str]) -> ir.Service:
             backends = draw(st.lists(st.builds(ir.Backend, st.sampled_from(deployments), st.just(number),
                                                st.integers(0, 100)), max_size=3))
             routes.append(ir.Route(f"rule {i}", draw(st.sampled_from(["/", "/api"])), draw(st.booleans()),
-                                   draw(st.sampled_from([0, 2500])), tuple(backends),
-                                   None if backends else draw(st.sampled_from([403, 503]))))
+                                   draw(st.sampled_from([0, 2500])), draw(st.sampled_from([None, 0, 60_000])),
+                                   tuple(backends), None if backends else draw(st.sampled_from([403, 503]))))
         ports.append(ir.ServicePort(number, PORTS[number], tuple(routes)))
     hosts = tuple(sorted(draw(st.sets(st.sampled_from(HOSTS), max_size=3))))
     return ir.Service(key, MESH, hosts, ir.Mtls.STRICT, tuple(ports))
