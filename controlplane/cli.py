@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import yaml
 
@@ -41,7 +41,16 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshplane", description="An Envoy service-mesh control plane for the "
                                      "OCI Service Mesh Kubernetes API (servicemesh.oci.oracle.com/v1beta1).")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_validate(commands)
+    _add_serve(commands)
+    _add_bootstrap(commands)
+    _add_echo(commands)
+    _add_demo(commands)
+    _add_crds(commands)
+    return parser
 
+
+def _add_validate(commands: Any) -> None:
     check = commands.add_parser("validate", help="check manifests against every admission rule",
                                 description="Check each object's own rules and the rules between the objects "
                                 "given. References to objects that are not among the inputs are warnings.")
@@ -49,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="a YAML/JSON file or a directory (repeatable)")
     check.set_defaults(run=_validate)
 
+
+def _add_serve(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the control plane on a config directory (standalone mode)",
                                 description="Load every YAML manifest under --config-dir, validate object by object "
                                 "(an invalid object is skipped and reported; the rest keep serving), watch the "
@@ -62,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(run=_serve)
 
+
+def _add_bootstrap(commands: Any) -> None:
     boot = commands.add_parser("bootstrap", help="write an Envoy bootstrap for a standalone sidecar",
                                description="Write the bootstrap of a sidecar in explicit capture mode: inbound on "
                                "POD_IP:<listener port> forwarding to the application at POD_IP:<app port>, outbound "
@@ -80,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     boot.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
     boot.set_defaults(run=_bootstrap)
 
+
+def _add_echo(commands: Any) -> None:
     echo = commands.add_parser("echo", help="run a sample HTTP application that answers with its name",
                                description="Answer every request with JSON naming this application and echoing "
                                "the method, path, Host and headers it received (for trying the mesh).")
@@ -88,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     echo.add_argument("--name", required=True, help="the name it answers with, e.g. reviews-v2")
     echo.set_defaults(run=_echo)
 
+
+def _add_demo(commands: Any) -> None:
     demo = commands.add_parser("demo", help="watch a canary shift live: control plane, apps and real Envoys",
                                description="Start the control plane, sample applications and real Envoy sidecars "
                                "on loopback addresses; show the live v1/v2 split of the bookstore's catalog canary, "
@@ -95,10 +112,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--requests", type=int, default=400, help="requests per phase (default 400)")
     demo.set_defaults(run=_demo)
 
+
+def _add_crds(commands: Any) -> None:
     crds = commands.add_parser("crds", help="print the CustomResourceDefinitions (kubectl apply -f -)")
     crds.add_argument("--write", metavar="DIR", type=Path, help="write one file per kind into DIR instead")
     crds.set_defaults(run=_crds)
-    return parser
 
 
 def _validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
