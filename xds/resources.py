@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -110,7 +110,7 @@ class Resource:
 
     type_url: TypeUrl
     name: str
-    body: bytes
+    body: bytes = field(repr=False)  # a Secret's body holds a private key: never in a repr or a log line
     digest: str
     refs: frozenset[Ref]
 

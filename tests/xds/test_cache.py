@@ -154,3 +154,10 @@ def test_set_reports_the_changed_types_and_clear_forgets_the_node_but_not_its_wa
     assert cache.nodes() == []
     cache.set("proxy-1", good())
     assert len(seen) == 2
+
+
+def test_a_resources_repr_never_shows_its_bytes_so_secret_keys_cannot_reach_a_log() -> None:
+    from meshplane.xds.secrets import build_certificate_secret
+
+    resource = Resource.of(build_certificate_secret("workload|x", b"CHAIN", b"-----BEGIN PRIVATE KEY-----"))
+    assert "PRIVATE" not in repr(resource) and "PRIVATE" not in str(resource)
