@@ -23,6 +23,9 @@ Choices (each written in docs/traffic.md for users):
   destinations' listener ``idleTimeoutInMs``: none when no destination sets one (the caller keeps its
   default), else the largest set value, where 0 (disabled) outlasts any other. TCP and TLS listeners'
   idle timeouts bound connections, not streams, and apply only on the receiving side.
+* **mTLS.** A service's effective mode is ``max(its own mode or the mesh minimum, the mesh minimum)``
+  (spec §5.1; a mesh without ``mtls`` has the minimum STRICT); its identity is the SPIFFE ID
+  ``spiffe://<trust domain>/ns/<namespace>/virtualservice/<name>``, shared by all its deployments.
 """
 
 from __future__ import annotations
@@ -55,6 +58,15 @@ def key_of(obj: AnyObject) -> str:
 def trust_domain(mesh: AnyObject) -> str:
     """The mesh's SPIFFE trust domain: ``<name>.<namespace>.mesh.local``."""
     return f"{mesh.name}.{mesh.namespace}.mesh.local"
+
+
+def service_identity(domain: str, vs: AnyObject) -> str:
+    """The SPIFFE ID of a virtual service's proxies (architecture §4).
+
+    Per virtual service, not per deployment, because OCI issues certificates per virtual service: a
+    canary's new version is the same service to its callers and to access policies.
+    """
+    return f"spiffe://{domain}/ns/{vs.namespace}/virtualservice/{vs.name}"
 
 
 @dataclass
@@ -136,7 +148,8 @@ def _service(ctx: _Build, vs: AnyObject) -> ir.Service:
     tables = _tables(ctx, vs)
     ports = tuple(_service_port(ctx, vs, number, protocol, deployments=deployments, tables=tables)
                   for number, protocol in _service_ports(ctx, vs, deployments))
-    return ir.Service(key, mesh.key, tuple(sorted(vs.spec.hosts)), mtls, ports)
+    identity = service_identity(mesh.trust_domain, vs)
+    return ir.Service(key, mesh.key, identity, tuple(sorted(vs.spec.hosts)), mtls, ports)
 
 
 _MTLS_ORDER = [ir.Mtls.DISABLED, ir.Mtls.PERMISSIVE, ir.Mtls.STRICT]

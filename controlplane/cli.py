@@ -13,6 +13,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -70,6 +71,8 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument("--admin-address", default="127.0.0.1:15014", metavar="HOST:PORT")
     serve.add_argument("--quiet-ms", type=int, default=100, help="rebuild after changes stop for this long (100)")
     serve.add_argument("--max-delay-ms", type=int, default=1000, help="rebuild at most this long after a change")
+    serve.add_argument("--cert-ttl", type=float, default=86400, metavar="SECONDS",
+                       help="lifetime of workload certificates, renewed at 2/3 of it (default 86400 = 24 h)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(run=_serve)
 
@@ -141,7 +144,8 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=err,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     timing = Timing(quiet=args.quiet_ms / 1000, max_delay=args.max_delay_ms / 1000)
-    options = serve.Options(args.config_dir, args.state_dir, args.xds_address, args.admin_address, timing)
+    options = serve.Options(args.config_dir, args.state_dir, args.xds_address, args.admin_address, timing,
+                            cert_ttl=timedelta(seconds=args.cert_ttl))
     asyncio.run(serve.run(options))
     return 0
 

@@ -124,10 +124,16 @@ class ServicePort:
 
 @dataclass(frozen=True)
 class Service:
-    """A virtual service: the names callers use, its effective mTLS mode, and its ports' routes."""
+    """A virtual service: its identity, the names callers use, its effective mTLS mode, its ports' routes.
+
+    ``identity`` is the SPIFFE ID every proxy of the service proves with its certificate
+    (``spiffe://<trust domain>/ns/<namespace>/virtualservice/<name>``, architecture §4): certificates
+    are issued per virtual service, as OCI does, so all deployments of a service share it.
+    """
 
     key: str
     mesh: str
+    identity: str
     hosts: tuple[str, ...]
     mtls: Mtls
     ports: tuple[ServicePort, ...]
@@ -156,13 +162,18 @@ class MeshConfig:
     meshes: tuple[Mesh, ...] = ()
     services: tuple[Service, ...] = ()
     deployments: tuple[Deployment, ...] = ()
+    _meshes: dict[str, Mesh] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
     _services: dict[str, Service] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
     _deployments: dict[str, Deployment] = field(default_factory=dict, init=False, repr=False, compare=False,
                                                 hash=False)
 
     def __post_init__(self) -> None:
+        self._meshes.update((m.key, m) for m in self.meshes)
         self._services.update((s.key, s) for s in self.services)
         self._deployments.update((d.key, d) for d in self.deployments)
+
+    def mesh(self, key: str) -> Mesh | None:
+        return self._meshes.get(key)
 
     def service(self, key: str) -> Service | None:
         return self._services.get(key)

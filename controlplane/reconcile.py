@@ -101,6 +101,12 @@ class Controller(Generic[T]):
         self._inputs.pop(workload.node_id, None)  # a new stream needs a snapshot even if nothing changed
         self.poke()
 
+    def refresh(self, node_id: str) -> None:
+        """Render this workload's configuration again at the next round even if its inputs are unchanged
+        (its certificate is due for renewal, say)."""
+        self._inputs.pop(node_id, None)
+        self.poke()
+
     def disconnect(self, node_id: str, grace: float | None = None) -> None:
         """A proxy's stream ended: it stops being an endpoint after the grace period."""
         if node_id in self.workloads and node_id not in self._leaving:

@@ -21,6 +21,7 @@ import logging
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from google.protobuf import json_format
 
 from meshplane.controlplane import admin, ir, state, wire
 from meshplane.controlplane.configdir import ConfigDir
+from meshplane.controlplane.credentials import DEFAULT_TTL, Credentials
 from meshplane.controlplane.model import ConditionStatus, Kind, ObjectKey
 from meshplane.controlplane.reconcile import Controller, Timing
 from meshplane.controlplane.status import DataPlaneState
@@ -35,9 +37,10 @@ from meshplane.controlplane.world import resolve
 from meshplane.xds import names
 from meshplane.xds.cache import InconsistentSnapshotError, Snapshot, SnapshotCache
 from meshplane.xds.resources import Resource, TypeUrl
+from meshplane.xds.secrets import build_certificate_secret, build_trust_secret
 from meshplane.xds.server import Callbacks, StreamRefusedError, XdsServer
 from meshplane.xds.server import serve as serve_xds
-from meshplane.xds.translate import mesh_of, translate_outbound, translate_proxy
+from meshplane.xds.translate import mesh_of, required_secrets, translate_outbound, translate_proxy
 
 log = logging.getLogger(__name__)
 
@@ -51,25 +54,54 @@ class Options:
     timing: Timing = Timing()
     poll_seconds: float = 0.25
     restart_grace: float = 30.0  # how long workloads of a previous run stay endpoints while they reconnect
+    cert_ttl: timedelta = DEFAULT_TTL  # lifetime of workload certificates (renewed at 2/3)
 
 
 class Renderer:
-    """Per-proxy snapshots; the part every proxy of a mesh shares is built and serialised once per build."""
+    """Per-proxy snapshots, with the secrets their resources name.
 
-    def __init__(self) -> None:
+    The part every proxy of one service shares (outbound clusters, routes and endpoints, which name
+    the caller's certificate) is built and serialised once per build and per service identity. Each
+    proxy's own key and certificate come from :class:`Credentials` and go only into its own snapshot.
+    """
+
+    def __init__(self, credentials: Credentials) -> None:
+        self.credentials = credentials
         self._config: ir.MeshConfig | None = None
-        self._shared: dict[str, tuple[Resource, ...]] = {}
+        self._shared: dict[tuple[str, str], tuple[Resource, ...]] = {}
 
     def __call__(self, config: ir.MeshConfig, workload: ir.Workload) -> Snapshot:
         if config is not self._config:
             self._config, self._shared = config, {}
         mesh = mesh_of(config, workload)
-        if mesh is None:
+        identity = identity_of(config, workload)
+        if mesh is None or identity is None:
             return Snapshot()
-        if mesh not in self._shared:
-            self._shared[mesh] = tuple(Resource.of(b.message, b.refs) for b in translate_outbound(config, mesh))
-        own = (Resource.of(b.message, b.refs) for b in translate_proxy(config, workload))
-        return Snapshot((*self._shared[mesh], *own))
+        if (mesh, identity) not in self._shared:
+            self._shared[(mesh, identity)] = tuple(Resource.of(b.message, b.refs)
+                                                   for b in translate_outbound(config, mesh, identity))
+        own = [Resource.of(b.message, b.refs) for b in translate_proxy(config, workload)]
+        return Snapshot((*self._shared[(mesh, identity)], *own, *self._secrets(config, workload, mesh)))
+
+    def _secrets(self, config: ir.MeshConfig, workload: ir.Workload, mesh_key: str) -> list[Resource]:
+        mesh = next(m for m in config.meshes if m.key == mesh_key)
+        out = []
+        for name, subject in required_secrets(config, workload):
+            if name.startswith(names.workload_secret("")):
+                held = self.credentials.for_proxy(workload.node_id, mesh.key, mesh.trust_domain, subject)
+                message = build_certificate_secret(name, held.issued.chain_pem, held.key.pem().reveal())
+            else:
+                bundle = self.credentials.authority(mesh.key, mesh.trust_domain).trust_bundle_pem()
+                message = build_trust_secret(name, bundle)
+            out.append(Resource.of(message))
+        return out
+
+
+def identity_of(config: ir.MeshConfig, workload: ir.Workload) -> str | None:
+    """The SPIFFE identity a workload's certificate carries: its virtual service's."""
+    deployment = config.deployment(workload.deployment)
+    service = config.service(deployment.service) if deployment is not None else None
+    return service.identity if service is not None else None
 
 
 def workload_from_node(node: Any) -> ir.Workload:
@@ -106,8 +138,9 @@ class ControlPlane:
         self.options = options
         self.source = ConfigDir(options.config_dir)
         self.cache = SnapshotCache()
-        self.controller: Controller[Snapshot] = Controller(self.source, Renderer(), self._publish, options.timing,
-                                                            data_plane=self._data_plane)
+        self.credentials = Credentials(options.state_dir, ttl=options.cert_ttl)
+        self.controller: Controller[Snapshot] = Controller(self.source, Renderer(self.credentials), self._publish,
+                                                            options.timing, data_plane=self._data_plane)
         self.controller.after_round = self._after_round
         self.xds: XdsServer | None = None
         self.xds_port = 0
@@ -126,7 +159,8 @@ class ControlPlane:
         self.xds, self.xds_port = await serve_xds(self.options.xds_address, self.cache, callbacks)
         host, port = _split(self.options.admin_address)
         self._runner, self.admin_port = await admin.start(admin.create_app(self._views()), host, port)
-        self._tasks = [asyncio.create_task(self.controller.run()), asyncio.create_task(self._poll())]
+        self._tasks = [asyncio.create_task(self.controller.run()), asyncio.create_task(self._poll()),
+                       asyncio.create_task(self._renewals())]
         log.info("meshplane serving %s: xDS on port %d, admin on port %d", self.options.config_dir, self.xds_port,
                  self.admin_port)
 
@@ -149,6 +183,15 @@ class ControlPlane:
             await asyncio.sleep(self.options.poll_seconds)
             if self.source.changed():
                 self.controller.poke()
+
+    async def _renewals(self) -> None:
+        """Wake when the next certificate is due (at most every 5 s) and re-render the proxies that hold one."""
+        while True:
+            due_at = self.credentials.next_renewal()
+            wait = 5.0 if due_at is None else (due_at - self.credentials.now()).total_seconds()
+            await asyncio.sleep(min(5.0, max(0.05, wait)))
+            for node_id in self.credentials.due():
+                self.controller.refresh(node_id)
 
     def _publish(self, workload: ir.Workload, snapshot: Snapshot) -> None:
         """Publish a consistent snapshot; otherwise keep the last good one and report why on the proxy's

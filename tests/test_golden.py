@@ -7,7 +7,9 @@ generated and reviewed in diffs:
 
 * ``ir.yaml``: what ``build`` made of the world (the IR);
 * ``status.yaml``: every object's computed status, and the problems the build reported on it;
-* ``envoy/<nodeId>.yaml``: every resource ``translate`` gives that proxy, grouped by type.
+* ``envoy/<nodeId>.yaml``: every resource ``translate`` gives that proxy, grouped by type, and under
+  ``required_secrets`` the SDS secrets those resources name (which the control plane's CA issues:
+  translation names them, never builds them) with the identity or trust domain each must hold.
 
 ``pytest tests/test_golden.py --update-golden`` rewrites the outputs (and deletes the ones no case
 produces any more); otherwise a difference fails with a unified diff, and so does a stale file or a
@@ -42,7 +44,7 @@ from meshplane.controlplane.status import compute_status
 from meshplane.controlplane.validation import validate
 from meshplane.controlplane.world import Index
 from meshplane.xds import names
-from meshplane.xds.translate import Built, dangling_refs, translate
+from meshplane.xds.translate import Built, dangling_refs, required_secrets, translate
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 CASES = sorted(p for p in GOLDEN.iterdir() if p.is_dir())
@@ -119,13 +121,20 @@ def dump_status(world: Index, problems: Problems) -> str:
     return dump_yaml(out)
 
 
-def dump_resources(resources: Sequence[Built]) -> str:
-    """One proxy's resources grouped by type (push order), each type sorted by name."""
+def dump_resources(resources: Sequence[Built], secrets: Sequence[tuple[str, str]] = ()) -> str:
+    """One proxy's resources grouped by type (push order), each type sorted by name, and its secrets."""
     grouped: dict[str, list[Any]] = {}
     for built in resources:
         message = json.loads(json_format.MessageToJson(built.message, preserving_proto_field_name=True))
         grouped.setdefault(GROUPS[built.type_url], []).append(message)
+    if secrets:
+        grouped["required_secrets"] = [{"name": name, "holds": subject} for name, subject in secrets]
     return HEADER + yaml.safe_dump(grouped, sort_keys=True, default_flow_style=False, width=120)
+
+
+def secret_refs(secrets: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The refs naming these secrets: what a proxy's resources may leave for the CA to answer."""
+    return {(names.SECRET_TYPE, name) for name, _ in secrets}
 
 
 def produce(case: Path) -> dict[str, str]:
@@ -135,8 +144,10 @@ def produce(case: Path) -> dict[str, str]:
     out = {"ir.yaml": dump_ir(config), "status.yaml": dump_status(world, problems)}
     for workload in workloads:
         resources = translate(config, workload)
-        assert not dangling_refs(resources), f"{workload.node_id}: {sorted(dangling_refs(resources))}"
-        out[f"envoy/{workload.node_id}.yaml"] = dump_resources(resources)
+        secrets = required_secrets(config, workload)
+        dangling = dangling_refs(resources)
+        assert dangling == secret_refs(secrets), f"{workload.node_id}: {sorted(dangling)} vs secrets {secrets}"
+        out[f"envoy/{workload.node_id}.yaml"] = dump_resources(resources, secrets)
     return out
 
 

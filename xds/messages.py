@@ -33,6 +33,9 @@ from envoy.extensions.filters.http.router.v3 import router_pb2 as router_v3
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2 as tls_inspector_v3
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_v3
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2 as tcp_proxy_v3
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as common_v3
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2 as secret_v3
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2 as tls_v3
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http_protocol_options_v3
 from envoy.type.matcher.v3 import string_pb2 as string_v3
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
@@ -43,6 +46,11 @@ TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
 ROUTER_FILTER = "envoy.filters.http.router"
 TLS_INSPECTOR_FILTER = "envoy.filters.listener.tls_inspector"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
+
+# Transport protocols the TLS inspector reports, for ``filter_chain_match.transport_protocol``.
+TLS_PROTOCOL = "tls"
+PLAINTEXT_PROTOCOL = "raw_buffer"  # also what a connection that never sent a byte counts as
 
 CONNECT_TIMEOUT_MS = 5_000
 """How long an upstream connection may take: long enough for a loaded host, short enough to retry."""
@@ -112,13 +120,19 @@ def build_protocol_options(upstream: Upstream) -> dict[str, any_pb2.Any]:
     return {HTTP_PROTOCOL_OPTIONS: pack(http_protocol_options_v3.HttpProtocolOptions(explicit_http_config=explicit))}
 
 
-def build_eds_cluster(name: str, *, upstream: Upstream) -> Any:
-    """A cluster whose endpoints arrive over ADS as the ClusterLoadAssignment ``name``."""
+def build_eds_cluster(name: str, *, upstream: Upstream, transport_socket: Any = None) -> Any:
+    """A cluster whose endpoints arrive over ADS as the ClusterLoadAssignment ``name``.
+
+    ``transport_socket`` (from :func:`build_upstream_tls`) makes it originate TLS; None is plaintext.
+    """
     eds = cluster_v3.Cluster.EdsClusterConfig(eds_config=build_ads_config_source(), service_name=name)
-    return cluster_v3.Cluster(
+    cluster = cluster_v3.Cluster(
         name=name, type=cluster_v3.Cluster.EDS, eds_cluster_config=eds,
         connect_timeout=build_duration(CONNECT_TIMEOUT_MS), lb_policy=cluster_v3.Cluster.ROUND_ROBIN,
         typed_extension_protocol_options=build_protocol_options(upstream))
+    if transport_socket is not None:
+        cluster.transport_socket.CopyFrom(transport_socket)
+    return cluster
 
 
 def build_static_cluster(name: str, host: str, port: int, *, upstream: Upstream) -> Any:
@@ -135,6 +149,50 @@ def build_load_assignment(name: str, hosts: Iterable[str], port: int) -> Any:
         address=build_address(host, port))) for host in hosts]
     localities = [endpoint_components_v3.LocalityLbEndpoints(lb_endpoints=endpoints)] if endpoints else []
     return endpoint_v3.ClusterLoadAssignment(cluster_name=name, endpoints=localities)
+
+
+# -------------------------------------------------------------------------------------------- TLS
+
+
+def build_sds_secret_config(name: str) -> Any:
+    """A reference to the secret ``name``, fetched on the ADS stream (the control plane issues it)."""
+    return secret_v3.SdsSecretConfig(name=name, sds_config=build_ads_config_source())
+
+
+def build_uri_san_matcher(*, exact: str = "", prefix: str = "") -> Any:
+    """A rule on the peer certificate's URI SAN (its SPIFFE ID): equal to ``exact``, else starting with ``prefix``.
+
+    Typed (``san_type: URI``) so a DNS or e-mail SAN spelling the same text never matches.
+    """
+    matcher = string_v3.StringMatcher(exact=exact) if exact else string_v3.StringMatcher(prefix=prefix)
+    return common_v3.SubjectAltNameMatcher(san_type=common_v3.SubjectAltNameMatcher.URI, matcher=matcher)
+
+
+def build_common_tls_context(certificate: str, trust_bundle: str, peer: Any) -> Any:
+    """Present the secret ``certificate``; accept a peer chaining to ``trust_bundle`` whose SAN ``peer`` matches.
+
+    A combined validation context keeps the two halves apart: SDS supplies the roots (they rotate with
+    the CA, and are the same for every proxy of the mesh), the SAN rule comes with the configuration
+    (it depends on who is called, not on the CA). Envoy merges them.
+    """
+    validation = tls_v3.CommonTlsContext.CombinedCertificateValidationContext(
+        default_validation_context=common_v3.CertificateValidationContext(match_typed_subject_alt_names=[peer]),
+        validation_context_sds_secret_config=build_sds_secret_config(trust_bundle))
+    return tls_v3.CommonTlsContext(tls_certificate_sds_secret_configs=[build_sds_secret_config(certificate)],
+                                   combined_validation_context=validation)
+
+
+def build_downstream_tls(common: Any) -> Any:
+    """The server side of mutual TLS: a transport socket that refuses a client without a valid certificate."""
+    context = tls_v3.DownstreamTlsContext(common_tls_context=common,
+                                          require_client_certificate=wrappers_pb2.BoolValue(value=True))
+    return base_v3.TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(context))
+
+
+def build_upstream_tls(common: Any) -> Any:
+    """The client side of mutual TLS. No SNI: the peer is proven by its certificate's SAN, not by a name."""
+    context = tls_v3.UpstreamTlsContext(common_tls_context=common)
+    return base_v3.TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(context))
 
 
 # ------------------------------------------------------------------------------------------ routes
@@ -230,7 +288,11 @@ def build_tcp_proxy(stat_prefix: str, weights: Weights, *, idle_timeout_ms: int 
 
 
 def build_tls_inspector() -> Any:
-    """The listener filter that reads the SNI of a TLS ClientHello (for ``server_names`` matches)."""
+    """The listener filter that tells TLS from plaintext and reads a ClientHello's SNI.
+
+    It feeds ``filter_chain_match``: ``server_names`` (TLS passthrough routing) and
+    ``transport_protocol`` (a PERMISSIVE port's mutual TLS and plaintext chains).
+    """
     return listener_components_v3.ListenerFilter(name=TLS_INSPECTOR_FILTER,
                                                  typed_config=pack(tls_inspector_v3.TlsInspector()))
 
@@ -238,17 +300,30 @@ def build_tls_inspector() -> Any:
 # --------------------------------------------------------------------------------------- listeners
 
 
-def build_filter_chain(filters: Iterable[Any], *, name: str = "", server_names: Sequence[str] = ()) -> Any:
+def build_filter_chain(filters: Iterable[Any], *, name: str = "", server_names: Sequence[str] = (),
+                       transport_protocol: str = "", transport_socket: Any = None) -> Any:
+    """A filter chain, matched by SNI (``server_names``) and/or by ``transport_protocol`` when given.
+
+    ``transport_socket`` (from :func:`build_downstream_tls`) terminates TLS; None is plaintext.
+    """
     chain = listener_components_v3.FilterChain(name=name, filters=list(filters))
-    if server_names:
-        chain.filter_chain_match.CopyFrom(listener_components_v3.FilterChainMatch(server_names=list(server_names)))
+    if server_names or transport_protocol:
+        chain.filter_chain_match.CopyFrom(listener_components_v3.FilterChainMatch(
+            server_names=list(server_names), transport_protocol=transport_protocol))
+    if transport_socket is not None:
+        chain.transport_socket.CopyFrom(transport_socket)
     return chain
 
 
 def build_listener(name: str, host: str, port: int, filter_chains: Iterable[Any], *, inbound: bool,
-                   listener_filters: Iterable[Any] = ()) -> Any:
-    """A listener bound to ``host:port``; the direction labels its stats and config dumps."""
+                   listener_filters: Iterable[Any] = (), continue_on_filter_timeout: bool = False) -> Any:
+    """A listener bound to ``host:port``; the direction labels its stats and config dumps.
+
+    ``continue_on_filter_timeout``: when the listener filters give up (Envoy's default 15 s without a
+    byte from the client), pick a filter chain anyway instead of closing the connection.
+    """
     direction = base_v3.TrafficDirection.INBOUND if inbound else base_v3.TrafficDirection.OUTBOUND
     return listener_v3.Listener(name=name, address=build_address(host, port),
                                 filter_chains=list(filter_chains), listener_filters=list(listener_filters),
-                                traffic_direction=direction)
+                                traffic_direction=direction,
+                                continue_on_listener_filters_timeout=continue_on_filter_timeout)

@@ -14,6 +14,13 @@ Shapes (``|`` separates parts because it never appears in a key, a host or a por
 * ``outbound|<port>|<namespace>/<deployment>``: the EDS cluster for one port of one virtual
   deployment, and its ClusterLoadAssignment (same name).
 * ``<namespace>/<service>:<port>``: the virtual host of one HTTP port of one virtual service.
+* ``workload|<SPIFFE ID>``: the SDS secret holding a proxy's own certificate chain and key (one per
+  identity: every proxy of a virtual service shares the name, each gets its own key).
+* ``trust|<trust domain>``: the SDS secret holding the mesh's trust bundle (its root certificates,
+  both of them while a root is being replaced), which validates peers.
+
+Secrets are named by what they prove, not by the proxy, so resources that reference them are the same
+bytes for every proxy of a service and can be shared.
 
 This module imports nothing from Envoy, and from the control plane only the IR's constants.
 """
@@ -29,8 +36,9 @@ CLUSTER_TYPE = _PREFIX + "envoy.config.cluster.v3.Cluster"
 ENDPOINT_TYPE = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER_TYPE = _PREFIX + "envoy.config.listener.v3.Listener"
 ROUTE_TYPE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
+SECRET_TYPE = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
 
-PUSH_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+PUSH_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE)
 """The order in which xDS types are pushed (architecture §7): a resource only names ones before it."""
 
 # --------------------------------------------------------------------------------- node metadata
@@ -80,3 +88,13 @@ def load_assignment(cluster: str) -> str:
 def virtual_host(service: str, port: int) -> str:
     """The virtual host serving one HTTP port of one virtual service (``service`` is its key)."""
     return f"{service}:{port}"
+
+
+def workload_secret(identity: str) -> str:
+    """The SDS secret with the certificate chain and key proving ``identity`` (a SPIFFE ID)."""
+    return f"workload|{identity}"
+
+
+def trust_bundle(trust_domain: str) -> str:
+    """The SDS secret with the root certificate(s) that validate peers of ``trust_domain``."""
+    return f"trust|{trust_domain}"

@@ -8,15 +8,42 @@ routing policy: ``build`` did (first match wins, weights, timeouts, 503/403); th
 those decisions in Envoy's vocabulary, and never emits what Envoy would reject (an empty or zero
 weighted split, two virtual hosts or filter chains claiming one name, two listeners on one address).
 
-The work is split so that a build can share what is common to a mesh:
+Secrets are named, never built: the control plane's CA issues them and serves them over SDS on the
+same ADS stream. A resource that names one lists ``(SECRET_TYPE, name)`` in its refs, and
+:func:`required_secrets` says which secrets (and for which identity or trust domain) a proxy's
+resources name, so the caller can issue exactly those into the same snapshot.
 
-* :func:`translate_outbound` (per mesh, identical for every proxy of it): the route configuration
-  ``outbound|http`` with one virtual host per (service, HTTP port), and one EDS cluster plus its
-  ClusterLoadAssignment per (deployment, port) that some route uses.
+The work is split so that a build can share what is common:
+
+* :func:`translate_outbound` (per mesh and caller identity, identical for every proxy of one virtual
+  service): the route configuration ``outbound|http`` with one virtual host per (service, HTTP port),
+  and one EDS cluster plus its ClusterLoadAssignment per (deployment, port) that some route uses. The
+  caller's identity is an input because a cluster originating mutual TLS presents the caller's
+  certificate; the route configuration and the endpoints are the same for the whole mesh.
 * :func:`translate_proxy` (per proxy): :func:`translate_inbound` (a listener and a STATIC cluster per
   port of the proxy's deployment, forwarding to the application) and
   :func:`translate_outbound_listeners` (the HTTP listener on 15001 and the TCP/TLS listeners, all
   bound to the workload's own address).
+
+Mutual TLS (spec §5.1; architecture §4, §6). A proxy's identity is its virtual service's SPIFFE ID; a
+service's effective mode (``ir.Service.mtls``) decides both sides of every connection to it:
+
+* **Inbound**, per port of the proxy's own deployment: STRICT terminates mutual TLS (a client without
+  a certificate from the mesh's trust bundle fails the handshake); PERMISSIVE adds the TLS inspector
+  and two filter chains, ``transport_protocol: tls`` (mutual TLS, as STRICT) and ``raw_buffer``
+  (plaintext), forwarding to the same application; DISABLED is plaintext. At the TLS layer any
+  identity of the trust domain is accepted (URI SAN prefix ``spiffe://<trust domain>/``): which ones
+  may call is the access policies' business (RBAC in the filters, see :func:`inbound_filters`).
+* **Outbound**, per EDS cluster: to a deployment whose service is STRICT or PERMISSIVE the caller
+  originates mutual TLS with its own certificate and accepts only the exact SPIFFE ID of the
+  destination's service; to a DISABLED one, plaintext. No SNI is sent: the receiving side picks its
+  listener by port, not by name, and the peer is proven by its certificate's SAN, not by a name.
+* **TLS_PASSTHROUGH** ports get no mesh TLS on either side, whatever the mode: the mesh forwards the
+  application's own TLS untouched (spec §5.2), without a second layer around it. The price: those
+  connections carry no mesh identity, so access policies cannot tell their callers apart.
+* A PERMISSIVE listener that cannot tell TLS from plaintext yet (the client sent nothing, as in a
+  server-first protocol, or fewer bytes than a TLS record header) picks the plaintext chain when the
+  listener filter timeout (Envoy's 15 s) ends, instead of closing the connection.
 
 Data plane model: explicit capture (architecture §5). Each workload has its own address; the sidecar
 binds ``address:<listener port>`` inbound and ``address:15001`` for outbound HTTP, routed by the
@@ -76,17 +103,43 @@ Resources = tuple[Built, ...]
 
 def translate(config: ir.MeshConfig, workload: ir.Workload) -> Resources:
     """Every resource of one proxy; nothing when its deployment is not served (no mesh to join)."""
-    mesh = mesh_of(config, workload)
-    if mesh is None:
+    service = service_of(config, workload)
+    if service is None:
         return ()
-    return merge(translate_outbound(config, mesh), translate_proxy(config, workload))
+    return merge(translate_outbound(config, service.mesh, service.identity), translate_proxy(config, workload))
+
+
+def service_of(config: ir.MeshConfig, workload: ir.Workload) -> ir.Service | None:
+    """The virtual service a workload's proxy serves (through its deployment), if served.
+
+    Its ``identity`` is the proxy's identity and its ``mesh`` the proxy's mesh.
+    """
+    deployment = config.deployment(workload.deployment)
+    return config.service(deployment.service) if deployment is not None else None
 
 
 def mesh_of(config: ir.MeshConfig, workload: ir.Workload) -> str | None:
     """The key of the mesh a workload belongs to (through its deployment and service), if served."""
-    deployment = config.deployment(workload.deployment)
-    service = config.service(deployment.service) if deployment is not None else None
+    service = service_of(config, workload)
     return service.mesh if service is not None else None
+
+
+def required_secrets(config: ir.MeshConfig, workload: ir.Workload) -> tuple[tuple[str, str], ...]:
+    """The secrets the proxy's resources name, as (secret name, what it must hold), sorted by name.
+
+    What it must hold is the SPIFFE ID for :func:`names.workload_secret` (a certificate and key proving
+    it) and the trust domain for :func:`names.trust_bundle` (its roots). The two come together or not
+    at all, since every mutual TLS context names both. Decided by the same plans that build the
+    resources, without building them, so it is cheap and cannot drift from the refs (tests compare).
+    """
+    service = service_of(config, workload)
+    deployment = config.deployment(workload.deployment)
+    if service is None or deployment is None:
+        return ()
+    inbound = any(_mesh_tls(service.mtls, port.protocol) for port, _ in _bound_ports(deployment, workload))
+    if not inbound and not _outbound_tls(config, service.mesh):
+        return ()
+    return _proxy_tls(config, service.mesh, service.identity).secrets
 
 
 def merge(*parts: Iterable[Built]) -> Resources:
@@ -107,6 +160,51 @@ def dangling_refs(resources: Iterable[Built]) -> set[Ref]:
 
 def _order(built: Built) -> tuple[int, str]:
     return names.PUSH_ORDER.index(built.type_url), built.name
+
+
+@dataclass(frozen=True)
+class _ProxyTls:
+    """Who a proxy is in TLS: the secrets its mutual TLS contexts name (its certificate, the mesh's roots)."""
+
+    identity: str
+    trust_domain: str
+
+    @property
+    def certificate(self) -> str:
+        return names.workload_secret(self.identity)
+
+    @property
+    def bundle(self) -> str:
+        return names.trust_bundle(self.trust_domain)
+
+    @property
+    def refs(self) -> frozenset[Ref]:
+        return frozenset({(names.SECRET_TYPE, self.certificate), (names.SECRET_TYPE, self.bundle)})
+
+    @property
+    def secrets(self) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted([(self.certificate, self.identity), (self.bundle, self.trust_domain)]))
+
+    def context(self, peer: Any) -> Any:
+        """A TLS context presenting this proxy's certificate and accepting peers ``peer`` matches."""
+        return messages.build_common_tls_context(self.certificate, self.bundle, peer)
+
+
+def _proxy_tls(config: ir.MeshConfig, mesh: str, identity: str) -> _ProxyTls:
+    """The TLS secrets of a proxy proving ``identity`` in ``mesh``; an unknown mesh is a caller's bug."""
+    found = config.mesh(mesh)
+    if found is None:
+        raise ValueError(f"mesh {mesh!r} is not in the configuration")
+    return _ProxyTls(identity, found.trust_domain)
+
+
+def _mesh_tls(mode: ir.Mtls, protocol: ir.Protocol) -> bool:
+    """Whether connections to a port of a service in ``mode`` are mutual TLS (else plaintext).
+
+    One rule for both sides, so a caller originates TLS exactly where the receiver terminates it.
+    TLS passthrough never is: the application's own TLS passes through untouched.
+    """
+    return mode is not ir.Mtls.DISABLED and protocol is not ir.Protocol.TLS_PASSTHROUGH
 
 
 def _cluster_refs(weights: Weights) -> frozenset[Ref]:
@@ -137,43 +235,90 @@ def _by_key(services: Iterable[ir.Service]) -> list[ir.Service]:
     return sorted(services, key=lambda s: s.key)
 
 
-# ---------------------------------------------------------------------------- outbound, per mesh
+# ------------------------------------------------------------- outbound, per mesh and caller
 
 
-def translate_outbound(config: ir.MeshConfig, mesh: str) -> Resources:
-    """What every proxy of ``mesh`` shares: the outbound route configuration, clusters and endpoints.
+def translate_outbound(config: ir.MeshConfig, mesh: str, identity: str) -> Resources:
+    """What every proxy proving ``identity`` in ``mesh`` shares: outbound routes, clusters and endpoints.
 
     Only clusters that a served virtual host or L4 port uses are built, so a deployment nobody routes
-    to costs proxies nothing.
+    to costs proxies nothing. ``identity`` only decides which certificate mutual TLS clusters present:
+    proxies of one service get identical bytes, and two services' outbound parts differ only there.
     """
     services = _by_key(config.mesh_services(mesh))
     virtual_hosts = _http_plan(services)
-    routes = [(route, vhost.port.protocol) for vhost in virtual_hosts for route in vhost.port.routes]
-    routes += [(chain.route, protocol) for protocol, chains in _l4_plan(services).values() for chain in chains]
-    used: dict[str, tuple[ir.Backend, ir.Protocol]] = {}
-    for route, protocol in routes:
-        for backend in route.backends:
-            if backend.weight > 0:
-                used.setdefault(names.outbound_cluster(backend.deployment, backend.port), (backend, protocol))
-    clusters = [_eds_cluster(config, backend, protocol) for backend, protocol in used.values()]
+    tls = _proxy_tls(config, mesh, identity)
+    clusters = [_eds_cluster(d, tls) for d in _destinations(config, virtual_hosts, _l4_plan(services))]
     return merge([_outbound_route_configuration(virtual_hosts)], *clusters)
 
 
-def _eds_cluster(config: ir.MeshConfig, backend: ir.Backend, protocol: ir.Protocol) -> tuple[Built, Built]:
-    """The cluster of one deployment port and its endpoints (an empty assignment when it has none).
+@dataclass(frozen=True)
+class _Destination:
+    """One outbound cluster: a deployment port, its endpoints, what it speaks, and whom it must prove.
 
-    The upstream protocol is the deployment's own for that port (what its inbound listener serves),
-    the service port's when the deployment is unknown.
+    ``peer`` is the SPIFFE ID the endpoints' certificate must carry when the connection is mutual TLS,
+    None when it is plaintext.
     """
-    name = names.outbound_cluster(backend.deployment, backend.port)
+
+    name: str
+    port: int
+    endpoints: tuple[str, ...]
+    upstream: Upstream
+    peer: str | None
+
+
+def _destinations(config: ir.MeshConfig, virtual_hosts: Iterable[_VirtualHost], l4: L4Plan) -> list[_Destination]:
+    """Every cluster a served virtual host or L4 chain uses with a positive weight, first use first."""
+    routes = [(route, vhost.port.protocol, vhost.service) for vhost in virtual_hosts for route in vhost.port.routes]
+    routes += [(chain.route, protocol, chain.service) for protocol, chains in l4.values() for chain in chains]
+    found: dict[str, _Destination] = {}
+    for route, protocol, service in routes:
+        for backend in route.backends:
+            name = names.outbound_cluster(backend.deployment, backend.port)
+            if backend.weight > 0 and name not in found:
+                found[name] = _destination(config, name, backend, protocol, service)
+    return list(found.values())
+
+
+def _destination(config: ir.MeshConfig, name: str, backend: ir.Backend, protocol: ir.Protocol,
+                 routing_service: str) -> _Destination:
+    """What a cluster to one deployment port needs to know, as that deployment's proxies will serve it.
+
+    Protocol and mTLS follow the receiving side: the deployment's own protocol for that port and its
+    own service's mode and identity (what its inbound listener terminates and its certificate says);
+    when the deployment is unknown, the service port's protocol and the routing service's.
+    """
     deployment = config.deployment(backend.deployment)
     port = deployment.port(backend.port) if deployment is not None else None
-    upstream = _upstream(port.protocol if port is not None else protocol)
+    protocol = port.protocol if port is not None else protocol
+    service = config.service(deployment.service if deployment is not None else routing_service)
+    peer = service.identity if service is not None and _mesh_tls(service.mtls, protocol) else None
     endpoints = deployment.endpoints if deployment is not None else ()
-    assignment = names.load_assignment(name)
-    return (Built(names.CLUSTER_TYPE, name, messages.build_eds_cluster(name, upstream=upstream),
-                  frozenset({(names.ENDPOINT_TYPE, assignment)})),
-            Built(names.ENDPOINT_TYPE, assignment, messages.build_load_assignment(assignment, endpoints, backend.port)))
+    return _Destination(name, backend.port, endpoints, _upstream(protocol), peer)
+
+
+def _outbound_tls(config: ir.MeshConfig, mesh: str) -> bool:
+    """Whether any outbound cluster of ``mesh``'s proxies originates mutual TLS (then it names secrets)."""
+    services = _by_key(config.mesh_services(mesh))
+    return any(d.peer is not None for d in _destinations(config, _http_plan(services), _l4_plan(services)))
+
+
+def _eds_cluster(destination: _Destination, tls: _ProxyTls) -> tuple[Built, Built]:
+    """The cluster of one deployment port and its endpoints (an empty assignment when it has none).
+
+    A mutual TLS cluster presents the caller's certificate and accepts exactly the destination's
+    SPIFFE ID, so a workload of another service answering at that address is refused.
+    """
+    name, assignment = destination.name, names.load_assignment(destination.name)
+    refs = {(names.ENDPOINT_TYPE, assignment)}
+    socket = None
+    if destination.peer is not None:
+        socket = messages.build_upstream_tls(tls.context(messages.build_uri_san_matcher(exact=destination.peer)))
+        refs |= tls.refs
+    cluster = messages.build_eds_cluster(name, upstream=destination.upstream, transport_socket=socket)
+    endpoints = messages.build_load_assignment(assignment, destination.endpoints, destination.port)
+    return (Built(names.CLUSTER_TYPE, name, cluster, frozenset(refs)),
+            Built(names.ENDPOINT_TYPE, assignment, endpoints))
 
 
 @dataclass(frozen=True)
@@ -312,43 +457,76 @@ def translate_proxy(config: ir.MeshConfig, workload: ir.Workload) -> Resources:
 
 
 def translate_inbound(config: ir.MeshConfig, workload: ir.Workload) -> Resources:
-    """A listener and a STATIC cluster per port of the workload's deployment.
+    """A listener and a STATIC cluster per port of the workload's deployment, secured per its service's mode.
 
     A port without an application port mapping, or on a sidecar port, is skipped (the caller
     validates the mapping; the sidecar's own ports are never given away).
     """
     deployment = config.deployment(workload.deployment)
-    if deployment is None:
+    service = service_of(config, workload)
+    if deployment is None or service is None:
         return ()
+    tls = _proxy_tls(config, service.mesh, service.identity)
+    return merge(*(_inbound(workload.address, port, app_port, service.mtls, tls)
+                   for port, app_port in _bound_ports(deployment, workload)))
+
+
+def _bound_ports(deployment: ir.Deployment, workload: ir.Workload) -> list[tuple[ir.Port, int]]:
+    """The deployment's ports this proxy binds, with their application ports (mapped, not the sidecar's)."""
     app_ports = dict(workload.app_ports)
-    return merge(*(_inbound(workload.address, port, app_ports[port.number]) for port in deployment.ports
-                   if port.number in app_ports and port.number not in names.SIDECAR_PORTS))
+    return [(port, app_ports[port.number]) for port in deployment.ports
+            if port.number in app_ports and port.number not in names.SIDECAR_PORTS]
 
 
-def _inbound(address: str, port: ir.Port, app_port: int) -> tuple[Built, Built]:
+def _inbound(address: str, port: ir.Port, app_port: int, mode: ir.Mtls, tls: _ProxyTls) -> tuple[Built, Built]:
+    """One port's listener (plaintext, mutual TLS, or both by the TLS inspector) and its application cluster."""
     name = names.inbound(port.number)
     cluster = messages.build_static_cluster(name, address, app_port, upstream=_upstream(port.protocol))
-    listener = messages.build_listener(name, address, port.number, [inbound_filter_chain(port, name)], inbound=True)
+    effective = mode if _mesh_tls(mode, port.protocol) else ir.Mtls.DISABLED
+    permissive = effective is ir.Mtls.PERMISSIVE
+    chains = _inbound_chains(name, inbound_filters(port, name), effective, tls)
+    listener = messages.build_listener(name, address, port.number, chains, inbound=True,
+                                       listener_filters=[messages.build_tls_inspector()] if permissive else [],
+                                       continue_on_filter_timeout=permissive)
+    refs = {(names.CLUSTER_TYPE, name)} | (tls.refs if effective is not ir.Mtls.DISABLED else set())
     return (Built(names.CLUSTER_TYPE, name, cluster),
-            Built(names.LISTENER_TYPE, name, listener, frozenset({(names.CLUSTER_TYPE, name)})))
+            Built(names.LISTENER_TYPE, name, listener, frozenset(refs)))
 
 
-def inbound_filter_chain(port: ir.Port, cluster: str) -> Any:
-    """The filter chain that hands one port's traffic to the application behind ``cluster``.
+def _inbound_chains(name: str, filters: Sequence[Any], mode: ir.Mtls, tls: _ProxyTls) -> list[Any]:
+    """The filter chains of an inbound listener, all ending in the same ``filters``.
 
-    The seam for later work: mTLS adds the chain's transport socket (and PERMISSIVE a second chain),
-    access policies an RBAC filter before the HCM / TCP proxy, access logging the filters' logs.
-    Timeouts are the deployment port's own (0 disables).
+    STRICT: one mutual TLS chain. PERMISSIVE: that chain for connections the TLS inspector finds to be
+    TLS, and a plaintext chain for the rest. DISABLED: one plaintext chain. At the TLS layer every
+    identity of the trust domain is let in; access policies decide which may call (RBAC, later).
+    """
+    if mode is ir.Mtls.DISABLED:
+        return [messages.build_filter_chain(filters, name=name)]
+    members = messages.build_uri_san_matcher(prefix=f"spiffe://{tls.trust_domain}/")
+    socket = messages.build_downstream_tls(tls.context(members))
+    if mode is ir.Mtls.STRICT:
+        return [messages.build_filter_chain(filters, name=name, transport_socket=socket)]
+    return [messages.build_filter_chain(filters, name=f"{name}|mtls", transport_protocol=messages.TLS_PROTOCOL,
+                                        transport_socket=socket),
+            messages.build_filter_chain(filters, name=f"{name}|plaintext",
+                                        transport_protocol=messages.PLAINTEXT_PROTOCOL)]
+
+
+def inbound_filters(port: ir.Port, cluster: str) -> list[Any]:
+    """The network filters that hand one port's traffic to the application behind ``cluster``.
+
+    Shared by every filter chain of the port (mutual TLS and plaintext alike). The seam for later
+    work: access policies add an RBAC filter before the HCM / TCP proxy (on a PERMISSIVE port's
+    plaintext chain, with no peer identity to allow), access logging the filters' logs. Timeouts are
+    the deployment port's own (0 disables).
     """
     if not port.protocol.is_http:
-        proxy = messages.build_tcp_proxy(cluster, [(cluster, 1)], idle_timeout_ms=port.idle_timeout_ms)
-        return messages.build_filter_chain([proxy], name=cluster)
+        return [messages.build_tcp_proxy(cluster, [(cluster, 1)], idle_timeout_ms=port.idle_timeout_ms)]
     action = messages.build_route_action([(cluster, 1)], timeout_ms=port.request_timeout_ms,
                                          idle_timeout_ms=port.idle_timeout_ms)
     route = messages.build_forward_route(cluster, messages.build_route_match("/", grpc=False), action)
     routes = messages.build_route_configuration(cluster, [messages.build_virtual_host(cluster, ["*"], [route])])
-    manager = messages.build_http_connection_manager(cluster, route_config=routes)
-    return messages.build_filter_chain([manager], name=cluster)
+    return [messages.build_http_connection_manager(cluster, route_config=routes)]
 
 
 def translate_outbound_listeners(config: ir.MeshConfig, workload: ir.Workload) -> Resources:

@@ -1,13 +1,15 @@
 """Invariants of translation, over hand-made and generated IR, and the real Envoy's verdict on it.
 
 Golden files (tests/test_golden.py) show what each case translates to; these tests hold what must be
-true of *every* translation: no empty or zero-weight split, every reference answered, one claimant
-per domain, server name and address, byte-identical output for identical input, and an outbound part
-every proxy of a mesh shares.
+true of *every* translation: no empty or zero-weight split, every reference answered (secrets by the
+control plane, exactly those :func:`required_secrets` lists), one claimant per domain, server name and
+address, byte-identical output for identical input, an outbound part every proxy of a service shares,
+and mutual TLS wherever the receiving service's mode asks for it.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import subprocess
 import tempfile
@@ -17,12 +19,20 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from envoy.config.cluster.v3 import cluster_pb2 as cluster_v3
 from envoy.config.endpoint.v3 import endpoint_pb2 as endpoint_v3
 from envoy.config.listener.v3 import listener_pb2 as listener_v3
 from envoy.config.route.v3 import route_pb2 as route_v3
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_v3
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2 as tcp_proxy_v3
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as common_v3
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2 as secret_v3
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2 as tls_v3
+from envoy.type.matcher.v3 import string_pb2 as string_v3
 from google.protobuf import json_format
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -37,24 +47,33 @@ from meshplane.xds.translate import (
     Built,
     dangling_refs,
     merge,
+    required_secrets,
+    service_of,
     translate,
     translate_inbound,
     translate_outbound,
     translate_proxy,
 )
 from tests.envoybin import envoy_path
-from tests.test_golden import CASES, load_case
+from tests.test_golden import CASES, load_case, secret_refs
 
 MESH = "shop/shop-mesh"
+TRUST_DOMAIN = "shop-mesh.shop.mesh.local"
 
 
 # ------------------------------------------------------------------------------------- fixtures
 
 
-def http_service(key: str, *routes: ir.Route) -> ir.Service:
+def spiffe(key: str) -> str:
+    """The identity build gives the virtual service ``key`` in the test mesh."""
+    namespace, name = key.split("/")
+    return f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/virtualservice/{name}"
+
+
+def http_service(key: str, *routes: ir.Route, mtls: ir.Mtls = ir.Mtls.PERMISSIVE) -> ir.Service:
     """A service with one HTTP port, 8080, named ``<name>.shop.mesh``."""
     host = key.split("/")[1] + ".shop.mesh"
-    return ir.Service(key, MESH, (host,), ir.Mtls.PERMISSIVE, (ir.ServicePort(8080, ir.Protocol.HTTP, routes),))
+    return ir.Service(key, MESH, spiffe(key), (host,), mtls, (ir.ServicePort(8080, ir.Protocol.HTTP, routes),))
 
 
 def deployment(key: str, service: str, *endpoints: str, port: int = 8080) -> ir.Deployment:
@@ -70,15 +89,15 @@ def route(*backends: tuple[str, int]) -> ir.Route:
 def canary() -> ir.MeshConfig:
     """catalog split 90/10 over two live deployments; frontend (egress only) calls it."""
     catalog = http_service("shop/catalog", route(("shop/catalog-v1", 90), ("shop/catalog-v2", 10)))
-    frontend = ir.Service("shop/frontend", MESH, (), ir.Mtls.PERMISSIVE, ())
+    frontend = ir.Service("shop/frontend", MESH, spiffe("shop/frontend"), (), ir.Mtls.PERMISSIVE, ())
     deployments = (deployment("shop/catalog-v1", catalog.key, "127.0.0.11"),
                    deployment("shop/catalog-v2", catalog.key, "127.0.0.12"),
                    ir.Deployment("shop/frontend-v1", frontend.key, None, (), ("127.0.0.21",)))
-    return ir.MeshConfig((ir.Mesh(MESH, "shop-mesh.shop.mesh.local", ir.Mtls.PERMISSIVE),), (catalog, frontend),
-                         deployments)
+    return ir.MeshConfig((ir.Mesh(MESH, TRUST_DOMAIN, ir.Mtls.PERMISSIVE),), (catalog, frontend), deployments)
 
 
 CATALOG_V1 = ir.Workload("catalog-v1-0", "shop/catalog-v1", "127.0.0.11", app_ports=((8080, 18080),))
+CATALOG_V2 = ir.Workload("catalog-v2-0", "shop/catalog-v2", "127.0.0.12", app_ports=((8080, 18080),))
 FRONTEND = ir.Workload("frontend-v1-0", "shop/frontend-v1", "127.0.0.21")
 
 
@@ -123,12 +142,33 @@ def outbound_part(config: ir.MeshConfig, workload: ir.Workload) -> list[tuple[st
     return [r for r in serialized(translate(config, workload)) if r[:2] not in own]
 
 
+def shared_part(config: ir.MeshConfig, workload: ir.Workload) -> list[tuple[str, str, bytes]]:
+    """:func:`translate_outbound` for the workload's mesh and identity, serialised."""
+    service = service_of(config, workload)
+    assert service is not None
+    return serialized(translate_outbound(config, service.mesh, service.identity))
+
+
+def tls_context(socket: Any, cls: Any) -> Any:
+    """The Downstream/UpstreamTlsContext a transport socket carries (it must be Envoy's TLS socket)."""
+    assert socket.name == messages.TLS_TRANSPORT_SOCKET
+    return unpack(socket.typed_config, cls)
+
+
+def secret_names(resources: Sequence[Built]) -> set[str]:
+    return {name for b in resources for kind, name in b.refs if kind == names.SECRET_TYPE}
+
+
 # ------------------------------------------------------------------------------------ invariants
 
 
-def check_invariants(resources: Sequence[Built]) -> None:
-    """What Envoy would otherwise reject, or what would send traffic nowhere."""
-    assert not dangling_refs(resources), sorted(dangling_refs(resources))
+def check_invariants(resources: Sequence[Built], secrets: Sequence[tuple[str, str]] = ()) -> None:
+    """What Envoy would otherwise reject, or what would send traffic nowhere.
+
+    Only the secrets the control plane issues (``secrets``, from :func:`required_secrets`) may be named
+    and not built; everything else a resource names must be in the set.
+    """
+    assert dangling_refs(resources) == secret_refs(secrets), (sorted(dangling_refs(resources)), secrets)
     for action in route_actions(resources):
         assert action.cluster or action.weighted_clusters.clusters, action
         assert all(c.weight.value > 0 for c in action.weighted_clusters.clusters), action
@@ -151,7 +191,8 @@ def test_type_urls_are_envoys_own() -> None:
     for type_url, cls in ((names.CLUSTER_TYPE, cluster_v3.Cluster),
                           (names.ENDPOINT_TYPE, endpoint_v3.ClusterLoadAssignment),
                           (names.LISTENER_TYPE, listener_v3.Listener),
-                          (names.ROUTE_TYPE, route_v3.RouteConfiguration)):
+                          (names.ROUTE_TYPE, route_v3.RouteConfiguration),
+                          (names.SECRET_TYPE, secret_v3.Secret)):
         assert type_url == "type.googleapis.com/" + cls.DESCRIPTOR.full_name
 
 
@@ -160,7 +201,7 @@ def test_every_golden_proxy_keeps_the_invariants() -> None:
         world, workloads = load_case(case)
         config, _ = build(world, workloads)
         for workload in workloads:
-            check_invariants(translate(config, workload))
+            check_invariants(translate(config, workload), required_secrets(config, workload))
 
 
 def test_a_split_has_no_zero_weight_even_if_the_ir_had_one() -> None:
@@ -169,7 +210,7 @@ def test_a_split_has_no_zero_weight_even_if_the_ir_had_one() -> None:
     zeroed = http_service("shop/catalog", route(("shop/catalog-v1", 0), ("shop/catalog-v2", 0)))
     broken = ir.MeshConfig(config.meshes, (zeroed, config.services[1]), config.deployments)
     resources = translate(broken, FRONTEND)
-    check_invariants(resources)
+    check_invariants(resources, required_secrets(broken, FRONTEND))
     [vhost] = by_name(resources, names.ROUTE_TYPE)[names.OUTBOUND_HTTP].virtual_hosts
     assert vhost.routes[0].direct_response.status == 503
     assert not by_name(resources, names.CLUSTER_TYPE)
@@ -194,17 +235,49 @@ def test_translating_twice_gives_identical_bytes() -> None:
     assert serialized(translate(canary(), CATALOG_V1)) == serialized(translate(canary(), CATALOG_V1))
 
 
-def test_the_outbound_part_is_identical_for_every_proxy_of_a_mesh() -> None:
+def test_the_outbound_part_is_identical_for_every_proxy_of_a_service() -> None:
+    """catalog-v1 and catalog-v2 prove one identity (their service's), so they share the bytes."""
     config = canary()
-    shared = serialized(translate_outbound(config, MESH))
-    for workload in (CATALOG_V1, FRONTEND):
+    shared = serialized(translate_outbound(config, MESH, spiffe("shop/catalog")))
+    for workload in (CATALOG_V1, CATALOG_V2):
         assert outbound_part(config, workload) == shared
+
+
+def with_certificate(built: Built, certificate: str) -> bytes:
+    """A cluster's bytes with the certificate its upstream TLS presents renamed (others unchanged)."""
+    message = cluster_v3.Cluster()
+    message.CopyFrom(built.message)
+    if built.type_url == names.CLUSTER_TYPE and message.HasField("transport_socket"):
+        context = tls_context(message.transport_socket, tls_v3.UpstreamTlsContext)
+        [sds] = context.common_tls_context.tls_certificate_sds_secret_configs
+        sds.name = certificate
+        message.transport_socket.typed_config.CopyFrom(messages.pack(context))
+    return bytes(message.SerializeToString(deterministic=True))
+
+
+def test_two_services_outbound_parts_differ_only_in_the_certificate_they_present() -> None:
+    config = canary()
+    catalog = translate_outbound(config, MESH, spiffe("shop/catalog"))
+    frontend = translate_outbound(config, MESH, spiffe("shop/frontend"))
+    assert [(b.type_url, b.name) for b in catalog] == [(b.type_url, b.name) for b in frontend]
+    assert serialized(catalog) != serialized(frontend)
+    for mine, theirs in zip(catalog, frontend, strict=True):
+        if mine.type_url != names.CLUSTER_TYPE:
+            assert serialized([mine]) == serialized([theirs])
+        else:
+            assert with_certificate(mine, "x") == with_certificate(theirs, "x")
+    assert secret_names(frontend) == {names.workload_secret(spiffe("shop/frontend")), names.trust_bundle(TRUST_DOMAIN)}
 
 
 def test_translate_is_the_outbound_part_plus_the_proxys_own() -> None:
     config = canary()
-    combined = merge(translate_outbound(config, MESH), translate_proxy(config, CATALOG_V1))
+    combined = merge(translate_outbound(config, MESH, spiffe("shop/catalog")), translate_proxy(config, CATALOG_V1))
     assert serialized(translate(config, CATALOG_V1)) == serialized(combined)
+
+
+def test_an_unknown_mesh_is_a_callers_bug() -> None:
+    with pytest.raises(ValueError, match="mesh 'shop/elsewhere' is not in the configuration"):
+        translate_outbound(canary(), "shop/elsewhere", spiffe("shop/catalog"))
 
 
 def test_a_workload_of_an_unserved_deployment_gets_nothing() -> None:
@@ -222,7 +295,7 @@ def test_a_sidecar_port_is_never_bound_for_the_mesh() -> None:
     odd = ir.MeshConfig(config.meshes, config.services, (sidecar_port, *config.deployments[1:]))
     workload = ir.Workload("catalog-v1-0", "shop/catalog-v1", "127.0.0.11", app_ports=((15001, 18080),))
     resources = translate(odd, workload)
-    check_invariants(resources)
+    check_invariants(resources, required_secrets(odd, workload))
     assert names.inbound(15001) not in by_name(resources, names.LISTENER_TYPE)
 
 
@@ -282,7 +355,7 @@ def test_a_rule_takes_the_largest_idle_timeout_its_destinations_set(idle_by_depl
     [port] = service.ports
     [route] = port.routes
     assert route.idle_timeout_ms == expected
-    [action] = route_actions(translate_outbound(config, MESH))
+    [action] = route_actions(translate_outbound(config, MESH, service.identity))
     assert action.HasField("idle_timeout") is (expected is not None)
 
 
@@ -292,19 +365,181 @@ def test_merge_refuses_two_resources_with_one_name() -> None:
         merge([one], [one])
 
 
+# ------------------------------------------------------------------------------------- mutual TLS
+
+CATALOG_PORTS = {8080: ir.Protocol.HTTP, 9090: ir.Protocol.GRPC, 5432: ir.Protocol.TCP,
+                 443: ir.Protocol.TLS_PASSTHROUGH}
+MESH_TLS_PORTS = [8080, 9090, 5432]  # every protocol but TLS passthrough
+
+
+def tls_mesh(catalog_mode: ir.Mtls, frontend_mode: ir.Mtls = ir.Mtls.DISABLED) -> ir.MeshConfig:
+    """catalog (one deployment, one port per protocol, all traffic to catalog-v1) in ``catalog_mode``,
+    and frontend (egress only) in ``frontend_mode``, in a mesh whose minimum is DISABLED."""
+    ports = tuple(ir.ServicePort(n, p, (ir.Route("test rule", backends=(ir.Backend("shop/catalog-v1", n, 1),)),))
+                  for n, p in sorted(CATALOG_PORTS.items()))
+    catalog = ir.Service("shop/catalog", MESH, spiffe("shop/catalog"), ("catalog.shop.mesh",), catalog_mode, ports)
+    frontend = ir.Service("shop/frontend", MESH, spiffe("shop/frontend"), (), frontend_mode, ())
+    deployments = (ir.Deployment("shop/catalog-v1", catalog.key, None,
+                                 tuple(ir.Port(n, p, 0) for n, p in sorted(CATALOG_PORTS.items())), ("127.0.0.11",)),
+                   ir.Deployment("shop/frontend-v1", frontend.key, None, (), ("127.0.0.21",)))
+    return ir.MeshConfig((ir.Mesh(MESH, TRUST_DOMAIN, ir.Mtls.DISABLED),), (catalog, frontend), deployments)
+
+
+CATALOG = ir.Workload("catalog-v1-0", "shop/catalog-v1", "127.0.0.11",
+                      app_ports=tuple((n, 10000 + n) for n in sorted(CATALOG_PORTS)))
+CATALOG_SECRETS = {names.workload_secret(spiffe("shop/catalog")), names.trust_bundle(TRUST_DOMAIN)}
+FRONTEND_SECRETS = {names.workload_secret(spiffe("shop/frontend")), names.trust_bundle(TRUST_DOMAIN)}
+
+
+def inbound_listener(resources: Sequence[Built], port: int) -> tuple[Any, frozenset[tuple[str, str]]]:
+    """The inbound listener of ``port`` and its refs."""
+    [found] = [b for b in resources if b.type_url == names.LISTENER_TYPE and b.name == names.inbound(port)]
+    return found.message, found.refs
+
+
+def check_mesh_tls_context(common: Any, certificate: str, peer: Any) -> None:
+    """Presents ``certificate``, validates with the trust bundle, and accepts exactly the SAN rule ``peer``;
+    both secrets come over ADS."""
+    [sds] = common.tls_certificate_sds_secret_configs
+    assert sds.name == certificate and sds.sds_config.HasField("ads")
+    combined = common.combined_validation_context
+    assert combined.validation_context_sds_secret_config.name == names.trust_bundle(TRUST_DOMAIN)
+    assert combined.validation_context_sds_secret_config.sds_config.HasField("ads")
+    assert list(combined.default_validation_context.match_typed_subject_alt_names) == [peer]
+
+
+def uri_san(**matcher: str) -> Any:
+    return common_v3.SubjectAltNameMatcher(san_type=common_v3.SubjectAltNameMatcher.URI,
+                                           matcher=string_v3.StringMatcher(**matcher))
+
+
+def check_mutual_tls_chain(chain: Any) -> None:
+    """The chain terminates TLS, requires a client certificate, and lets in any identity of the mesh."""
+    context = tls_context(chain.transport_socket, tls_v3.DownstreamTlsContext)
+    assert context.require_client_certificate.value is True
+    check_mesh_tls_context(context.common_tls_context, names.workload_secret(spiffe("shop/catalog")),
+                           uri_san(prefix=f"spiffe://{TRUST_DOMAIN}/"))
+
+
+@pytest.mark.parametrize("port", MESH_TLS_PORTS)
+def test_strict_inbound_accepts_only_mutual_tls_from_the_mesh(port: int) -> None:
+    listener, refs = inbound_listener(translate(tls_mesh(ir.Mtls.STRICT), CATALOG), port)
+    [chain] = listener.filter_chains
+    check_mutual_tls_chain(chain)
+    assert not chain.HasField("filter_chain_match") and not listener.listener_filters
+    assert {(names.SECRET_TYPE, name) for name in CATALOG_SECRETS} <= refs
+
+
+@pytest.mark.parametrize("port", MESH_TLS_PORTS)
+def test_permissive_inbound_has_a_mutual_tls_and_a_plaintext_chain_to_the_same_filters(port: int) -> None:
+    listener, refs = inbound_listener(translate(tls_mesh(ir.Mtls.PERMISSIVE), CATALOG), port)
+    assert [f.name for f in listener.listener_filters] == [messages.TLS_INSPECTOR_FILTER]
+    assert listener.continue_on_listener_filters_timeout  # a silent plaintext client is not cut off
+    tls, plaintext = listener.filter_chains
+    assert (tls.filter_chain_match.transport_protocol, plaintext.filter_chain_match.transport_protocol) == (
+        "tls", "raw_buffer")
+    check_mutual_tls_chain(tls)
+    assert not plaintext.HasField("transport_socket")
+    assert serialized_filters(tls) == serialized_filters(plaintext)
+    assert {(names.SECRET_TYPE, name) for name in CATALOG_SECRETS} <= refs
+
+
+def serialized_filters(chain: Any) -> list[bytes]:
+    return [f.SerializeToString(deterministic=True) for f in chain.filters]
+
+
+@pytest.mark.parametrize("port", sorted(CATALOG_PORTS))
+def test_disabled_inbound_is_plaintext_and_names_no_secret(port: int) -> None:
+    config = tls_mesh(ir.Mtls.DISABLED)
+    resources = translate(config, CATALOG)
+    listener, _ = inbound_listener(resources, port)
+    [chain] = listener.filter_chains
+    assert not chain.HasField("transport_socket") and not listener.listener_filters
+    assert not secret_names(resources) and required_secrets(config, CATALOG) == ()
+
+
+@pytest.mark.parametrize("mode", [ir.Mtls.STRICT, ir.Mtls.PERMISSIVE])
+def test_tls_passthrough_carries_no_mesh_tls_on_either_side(mode: ir.Mtls) -> None:
+    config = tls_mesh(mode)
+    listener, _ = inbound_listener(translate(config, CATALOG), 443)
+    assert [c.HasField("transport_socket") for c in listener.filter_chains] == [False]
+    assert not listener.listener_filters
+    cluster = by_name(translate(config, FRONTEND), names.CLUSTER_TYPE)[names.outbound_cluster("shop/catalog-v1", 443)]
+    assert not cluster.HasField("transport_socket")
+
+
+@pytest.mark.parametrize("mode", [ir.Mtls.STRICT, ir.Mtls.PERMISSIVE])
+@pytest.mark.parametrize("port", MESH_TLS_PORTS)
+def test_a_caller_originates_mutual_tls_verifying_the_destinations_exact_identity(mode: ir.Mtls, port: int) -> None:
+    """frontend itself is DISABLED: only the destination's mode matters, and frontend proves its own identity."""
+    resources = translate(tls_mesh(mode), FRONTEND)
+    name = names.outbound_cluster("shop/catalog-v1", port)
+    [built] = [b for b in resources if b.type_url == names.CLUSTER_TYPE and b.name == name]
+    cluster: Any = built.message
+    context = tls_context(cluster.transport_socket, tls_v3.UpstreamTlsContext)
+    check_mesh_tls_context(context.common_tls_context, names.workload_secret(spiffe("shop/frontend")),
+                           uri_san(exact=spiffe("shop/catalog")))
+    assert not context.sni
+    assert {(names.SECRET_TYPE, secret) for secret in FRONTEND_SECRETS} <= built.refs
+
+
+def test_an_http2_or_grpc_upstream_keeps_explicit_http2_under_mutual_tls() -> None:
+    cluster = by_name(translate(tls_mesh(ir.Mtls.STRICT), FRONTEND), names.CLUSTER_TYPE)[
+        names.outbound_cluster("shop/catalog-v1", 9090)]
+    assert cluster.HasField("transport_socket")
+    assert dict(cluster.typed_extension_protocol_options) == messages.build_protocol_options(messages.Upstream.HTTP2)
+
+
+def test_a_caller_speaks_plaintext_to_a_disabled_destination_whatever_its_own_mode() -> None:
+    config = tls_mesh(ir.Mtls.DISABLED, frontend_mode=ir.Mtls.STRICT)
+    resources = translate(config, FRONTEND)
+    assert not any(c.HasField("transport_socket") for c in by_name(resources, names.CLUSTER_TYPE).values())
+    assert required_secrets(config, FRONTEND) == ()
+
+
+@pytest.mark.parametrize(("catalog_mode", "frontend_mode"), [
+    (ir.Mtls.STRICT, ir.Mtls.DISABLED), (ir.Mtls.PERMISSIVE, ir.Mtls.PERMISSIVE), (ir.Mtls.DISABLED, ir.Mtls.STRICT),
+    (ir.Mtls.DISABLED, ir.Mtls.DISABLED)])
+def test_required_secrets_are_exactly_the_secrets_the_resources_name(catalog_mode: ir.Mtls,
+                                                                     frontend_mode: ir.Mtls) -> None:
+    config = tls_mesh(catalog_mode, frontend_mode)
+    expected = {CATALOG: CATALOG_SECRETS, FRONTEND: FRONTEND_SECRETS}
+    for workload, secrets in expected.items():
+        resources = translate(config, workload)
+        required = required_secrets(config, workload)
+        assert {name for name, _ in required} == secret_names(resources)
+        if catalog_mode is not ir.Mtls.DISABLED:
+            service = service_of(config, workload)
+            assert service is not None
+            assert required == tuple(sorted([(names.workload_secret(service.identity), service.identity),
+                                             (names.trust_bundle(TRUST_DOMAIN), TRUST_DOMAIN)]))
+            assert secret_names(resources) == secrets
+        check_invariants(resources, required)
+
+
+def test_build_gives_each_service_its_spiffe_identity_and_the_mesh_floor() -> None:
+    """A mesh without ``mtls`` has the minimum STRICT (build's default), so a service without a mode is STRICT."""
+    config, _ = build(idle_world({"v1": None}))
+    [service] = config.services
+    assert service.identity == spiffe("shop/catalog")
+    assert service.mtls is ir.Mtls.STRICT
+
+
 # ----------------------------------------------------------------------------- generated meshes
 
 PORTS = {80: ir.Protocol.HTTP, 81: ir.Protocol.HTTP2, 82: ir.Protocol.GRPC, 443: ir.Protocol.TLS_PASSTHROUGH,
          5432: ir.Protocol.TCP, 15001: ir.Protocol.HTTP}
 HOSTS = ["a.mesh", "A.mesh", "b.mesh", "*.w.mesh", "c.mesh"]
+MODES = st.sampled_from(list(ir.Mtls))
 
 
 @st.composite
 def meshes(draw: st.DrawFn) -> tuple[ir.MeshConfig, list[ir.Workload]]:
     """Random but well-formed IR: services with HTTP/TCP/TLS ports and routes over random deployments.
 
-    Weights include 0 and protocols may disagree between a service port and a deployment port: the
-    translator must stay valid even where build would have reported a problem.
+    Weights include 0, protocols may disagree between a service port and a deployment port, and mTLS
+    modes are drawn per service regardless of the mesh minimum: the translator must stay valid even
+    where build would have reported a problem (or raised the mode).
     """
     n_services, n_deployments = draw(st.integers(1, 4)), draw(st.integers(1, 5))
     service_keys = [f"shop/s{i}" for i in range(n_services)]
@@ -315,7 +550,7 @@ def meshes(draw: st.DrawFn) -> tuple[ir.MeshConfig, list[ir.Workload]]:
         endpoints = tuple(sorted(draw(st.sets(st.sampled_from(["127.0.0.11", "127.0.0.12"]), max_size=2))))
         deployments.append(ir.Deployment(f"shop/d{i}", draw(st.sampled_from(service_keys)), None, ports, endpoints))
     services = [draw(service(key, [d.key for d in deployments])) for key in service_keys]
-    config = ir.MeshConfig((ir.Mesh(MESH, "t", ir.Mtls.STRICT),), tuple(services), tuple(deployments))
+    config = ir.MeshConfig((ir.Mesh(MESH, TRUST_DOMAIN, draw(MODES)),), tuple(services), tuple(deployments))
     workloads = [ir.Workload(f"w{i}", d.key, f"127.0.1.{i}", app_ports=tuple((p.number, 20000 + p.number)
                                                                             for p in d.ports))
                  for i, d in enumerate(deployments)]
@@ -336,19 +571,49 @@ def service(draw: st.DrawFn, key: str, deployments: list[str]) -> ir.Service:
                                    tuple(backends), None if backends else draw(st.sampled_from([403, 503]))))
         ports.append(ir.ServicePort(number, PORTS[number], tuple(routes)))
     hosts = tuple(sorted(draw(st.sets(st.sampled_from(HOSTS), max_size=3))))
-    return ir.Service(key, MESH, hosts, ir.Mtls.STRICT, tuple(ports))
+    return ir.Service(key, MESH, spiffe(key), hosts, draw(MODES), tuple(ports))
+
+
+def accepted_transports(resources: Sequence[Built]) -> dict[int, set[bool]]:
+    """Per inbound port: which connections it takes (True = mutual TLS, False = plaintext)."""
+    listeners = [x for name, x in by_name(resources, names.LISTENER_TYPE).items() if name.startswith("inbound|")]
+    return {x.address.socket_address.port_value: {c.HasField("transport_socket") for c in x.filter_chains}
+            for x in listeners}
+
+
+def check_callers_speak_what_receivers_accept(config: ir.MeshConfig, workloads: Sequence[ir.Workload]) -> None:
+    """Every caller's cluster to a deployment port uses a transport that port's proxies accept, with the
+    receiving service's identity as the only acceptable peer."""
+    clusters = {names.outbound_cluster(d.key, p.number): (d, p.number) for d in config.deployments for p in d.ports}
+    accepts = {(w.deployment, port): found for w in workloads
+               for port, found in accepted_transports(translate(config, w)).items()}
+    for caller in workloads:
+        for name, cluster in by_name(translate(config, caller), names.CLUSTER_TYPE).items():
+            if name not in clusters or (clusters[name][0].key, clusters[name][1]) not in accepts:
+                continue
+            deployment, port = clusters[name]
+            assert cluster.HasField("transport_socket") in accepts[(deployment.key, port)], (caller.node_id, name)
+            if cluster.HasField("transport_socket"):
+                context = tls_context(cluster.transport_socket, tls_v3.UpstreamTlsContext)
+                [peer] = context.common_tls_context.combined_validation_context.default_validation_context.\
+                    match_typed_subject_alt_names
+                assert peer == uri_san(exact=spiffe(deployment.service))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(meshes())
 def test_generated_meshes_keep_every_invariant(mesh: tuple[ir.MeshConfig, list[ir.Workload]]) -> None:
     config, workloads = mesh
-    shared = serialized(translate_outbound(config, MESH))
+    by_service: dict[str, list[tuple[str, str, bytes]]] = {}
     for workload in workloads:
         resources = translate(config, workload)
-        check_invariants(resources)
+        check_invariants(resources, required_secrets(config, workload))
         assert serialized(resources) == serialized(translate(config, workload))
-        assert outbound_part(config, workload) == shared
+        assert outbound_part(config, workload) == shared_part(config, workload)
+        service = service_of(config, workload)
+        assert service is not None
+        assert by_service.setdefault(service.key, outbound_part(config, workload)) == outbound_part(config, workload)
+    check_callers_speak_what_receivers_accept(config, workloads)
 
 
 # ---------------------------------------------------------------------------------- real Envoy
@@ -369,7 +634,11 @@ def inline_routes(listener: Any, routes: dict[str, Any]) -> Any:
 
 
 def static_bootstrap(workload: ir.Workload, resources: Sequence[Built]) -> dict[str, Any]:
-    """The proxy's bootstrap with the translated clusters and listeners as static resources."""
+    """The proxy's bootstrap with the translated clusters and listeners as static resources.
+
+    Everything else stays as sent: SDS references keep ``sds_config: {ads: {}}``, which Envoy accepts
+    as is (the bootstrap has an ADS config source), so Envoy checks the exact TLS contexts we send.
+    """
     def plain(message: Any) -> Any:
         return json.loads(json_format.MessageToJson(message, preserving_proto_field_name=True))
 
@@ -383,25 +652,105 @@ def static_bootstrap(workload: ir.Workload, resources: Sequence[Built]) -> dict[
     return data
 
 
-def envoy_validates(workload: ir.Workload, resources: Sequence[Built], folder: Path) -> None:
+def envoy_validates(workload: ir.Workload, data: dict[str, Any], folder: Path) -> None:
     path = folder / f"{workload.node_id}.yaml"
-    path.write_text(yaml.safe_dump(static_bootstrap(workload, resources)))
+    path.write_text(yaml.safe_dump(data))
     done = subprocess.run([str(envoy_path()), "--mode", "validate", "-c", str(path)], capture_output=True,
                           text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
 
+def throwaway_certificate() -> tuple[str, str]:
+    """A self-signed ECDSA P-256 certificate and its key (PEM), valid for a day, never used to talk."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshplane validate-mode test")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(hours=1))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe("test/any"))]),
+                                  critical=False)
+                   .sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return certificate.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
+
+
+def with_static_secrets(data: dict[str, Any], secrets: Sequence[tuple[str, str]], pem: tuple[str, str]) -> None:
+    """Serve ``secrets`` from the bootstrap (``pem`` as every certificate and root) and point references at them.
+
+    Only for validation: a reference without ``sds_config`` names a static secret, and with real
+    material in place Envoy builds each TLS context (loads the certificate and key, merges the
+    combined validation context) instead of waiting for SDS.
+    """
+    certificate, key = pem
+    wanted = {name for name, _ in secrets}
+    pointed: set[str] = set()
+
+    def local(node: Any) -> None:
+        if isinstance(node, dict):
+            if "sds_config" in node and node.get("name") in wanted:
+                del node["sds_config"]
+                pointed.add(node["name"])
+            for value in node.values():
+                local(value)
+        elif isinstance(node, list):
+            for value in node:
+                local(value)
+
+    local(data["static_resources"])
+    assert pointed == wanted, f"secrets named but not found in the resources: {sorted(wanted - pointed)}"
+    data["static_resources"]["secrets"] = [
+        {"name": name, "tls_certificate": {"certificate_chain": {"inline_string": certificate},
+                                           "private_key": {"inline_string": key}}}
+        if name == names.workload_secret(subject) else
+        {"name": name, "validation_context": {"trusted_ca": {"inline_string": certificate}}}
+        for name, subject in secrets]
+
+
 GOLDEN_PROXIES = [(case, workload) for case in CASES for workload in load_case(case)[1]]
 
 
+def golden_secrets(case: Path, workload: ir.Workload) -> tuple[tuple[str, str], ...]:
+    """The secrets a golden proxy's resources name."""
+    world, workloads = load_case(case)
+    config, _ = build(world, workloads)
+    return required_secrets(config, workload)
+
+
+GOLDEN_TLS_PROXIES = [(case, workload) for case, workload in GOLDEN_PROXIES if golden_secrets(case, workload)]
+
+
+def golden_id(value: Any) -> str:
+    return str(getattr(value, "name", None) or getattr(value, "node_id", ""))
+
+
 @pytest.mark.envoy
-@pytest.mark.parametrize(("case", "workload"), GOLDEN_PROXIES, ids=lambda v: getattr(v, "name", None)
-                         or getattr(v, "node_id", ""))
+@pytest.mark.parametrize(("case", "workload"), GOLDEN_PROXIES, ids=golden_id)
 def test_real_envoy_accepts_every_golden_proxys_configuration(case: Path, workload: ir.Workload,
                                                               tmp_path: Path) -> None:
     world, workloads = load_case(case)
     config, _ = build(world, workloads)
-    envoy_validates(workload, translate(config, workload), tmp_path)
+    envoy_validates(workload, static_bootstrap(workload, translate(config, workload)), tmp_path)
+
+
+@pytest.fixture(scope="module")
+def pem() -> tuple[str, str]:
+    return throwaway_certificate()
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize(("case", "workload"), GOLDEN_TLS_PROXIES, ids=golden_id)
+def test_real_envoy_builds_every_golden_tls_context_from_real_secrets(case: Path, workload: ir.Workload,
+                                                                      tmp_path: Path, pem: tuple[str, str]) -> None:
+    """The same resources with their secrets served statically, so Envoy builds each TLS context for real."""
+    world, workloads = load_case(case)
+    config, _ = build(world, workloads)
+    data = static_bootstrap(workload, translate(config, workload))
+    with_static_secrets(data, required_secrets(config, workload), pem)
+    envoy_validates(workload, data, tmp_path)
 
 
 @pytest.mark.envoy
@@ -411,4 +760,4 @@ def test_real_envoy_accepts_generated_meshes(mesh: tuple[ir.MeshConfig, list[ir.
     config, workloads = mesh
     with tempfile.TemporaryDirectory() as folder:
         for workload in workloads:
-            envoy_validates(workload, translate(config, workload), Path(folder))
+            envoy_validates(workload, static_bootstrap(workload, translate(config, workload)), Path(folder))
