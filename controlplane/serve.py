@@ -27,7 +27,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from meshplane.controlplane import admin, ir, state, wire
+from meshplane.controlplane import admin, ir, state, wire, xdsauth
 from meshplane.controlplane.configdir import ConfigDir
 from meshplane.controlplane.credentials import DEFAULT_TTL, Credentials
 from meshplane.controlplane.model import ConditionStatus, Kind, ObjectKey
@@ -38,7 +38,7 @@ from meshplane.xds import names
 from meshplane.xds.cache import InconsistentSnapshotError, Snapshot, SnapshotCache
 from meshplane.xds.resources import Resource, TypeUrl
 from meshplane.xds.secrets import build_certificate_secret, build_trust_secret
-from meshplane.xds.server import Callbacks, StreamRefusedError, XdsServer
+from meshplane.xds.server import Callbacks, StreamRefusedError, XdsServer, current_peer
 from meshplane.xds.server import serve as serve_xds
 from meshplane.xds.translate import mesh_of, required_secrets, translate_outbound, translate_proxy
 
@@ -156,7 +156,10 @@ class ControlPlane:
         await self.controller.reconcile()  # serve a complete mesh to the very first proxy
         callbacks = Callbacks(on_stream_open=self._open, on_stream_close=self._close,
                               on_ack=self._acked, on_nack=self._nacked)
-        self.xds, self.xds_port = await serve_xds(self.options.xds_address, self.cache, callbacks)
+        xds_host, _ = _split(self.options.xds_address)
+        credentials = xdsauth.server_credentials(self.options.state_dir, xds_host)
+        self.xds, self.xds_port = await serve_xds(self.options.xds_address, self.cache, callbacks,
+                                                  credentials=credentials)
         host, port = _split(self.options.admin_address)
         self._runner, self.admin_port = await admin.start(admin.create_app(self._views()), host, port)
         self._tasks = [asyncio.create_task(self.controller.run()), asyncio.create_task(self._poll()),
@@ -210,6 +213,7 @@ class ControlPlane:
 
     def _open(self, stream_id: int, node: Any) -> None:
         workload = workload_from_node(node)
+        xdsauth.check_peer(current_peer(), workload, self.options.state_dir)
         self._streams[stream_id] = workload.node_id
         self.controller.connect(workload)
 

@@ -3,7 +3,9 @@
 :func:`bootstrap_spec` turns ``meshplane bootstrap`` arguments into a :class:`BootstrapSpec`, refusing
 with a :class:`BootstrapError` that says what to do when they cannot work: the virtual deployment is
 not served, a listener has no application port (explicit capture must know where to forward), an
-application port collides with a listener or with a port the sidecar keeps for itself.
+application port collides with a listener or with a port the sidecar keeps for itself. It also issues
+the proxy's xDS client certificate (see :mod:`xdsauth`), so the bootstrap reaches the control plane
+over mutual TLS.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from meshplane.controlplane import ir, state
+from meshplane.controlplane import ir, state, xdsauth
 from meshplane.xds import names
 from meshplane.xds.bootstrap import BootstrapSpec
 
@@ -31,6 +33,7 @@ def bootstrap_spec(*, state_dir: Path, xds_address: str, deployment: str, pod_ip
     listeners = _listeners_when_served(state_dir, deployment, wait)
     mapping = _app_ports(app_ports, listeners, pod_ip)
     namespace, _, name = deployment.partition("/")
+    node = node_id or f"{name}.{namespace}-{pod_ip}"
     metadata = {
         names.META_DEPLOYMENT: deployment,
         names.META_ADDRESS: pod_ip,
@@ -38,8 +41,8 @@ def bootstrap_spec(*, state_dir: Path, xds_address: str, deployment: str, pod_ip
         # strings: protobuf Struct keeps numbers as doubles, which come back as "19080.0" from YAML
         names.META_APP_PORTS: {str(k): str(v) for k, v in sorted(mapping.items())},
     }
-    return BootstrapSpec(node_id or f"{name}.{namespace}-{pod_ip}", deployment, metadata, host, port,
-                         admin_port=admin_port, delta=delta)
+    tls = xdsauth.issue_proxy(state_dir, node, deployment, host)
+    return BootstrapSpec(node, deployment, metadata, host, port, admin_port=admin_port, delta=delta, tls=tls)
 
 
 def parse_address(value: str, flag: str) -> tuple[str, int]:

@@ -20,14 +20,25 @@ from typing import Any
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, config_source_pb2, grpc_service_pb2, protocol_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, grpc_service_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, duration_pb2, json_format, struct_pb2
 
 XDS_CLUSTER = "meshplane-xds"
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 V3 = config_source_pb2.ApiVersion.V3
+
+
+@dataclass(frozen=True)
+class XdsTls:
+    """Files a proxy uses to reach the control plane over mutual TLS, and the name the server must show."""
+
+    certificate_chain: str
+    private_key: str
+    trusted_ca: str
+    server_name: str  # an IP address or DNS name in the control plane's serving certificate
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,7 @@ class BootstrapSpec:
     admin_host: str = "127.0.0.1"
     admin_port: int = 15000
     delta: bool = False
+    tls: XdsTls | None = None
 
 
 def build_bootstrap(spec: BootstrapSpec) -> bootstrap_pb2.Bootstrap:
@@ -61,8 +73,29 @@ def build_bootstrap(spec: BootstrapSpec) -> bootstrap_pb2.Bootstrap:
     for source in (boot.dynamic_resources.cds_config, boot.dynamic_resources.lds_config):
         source.ads.SetInParent()
         source.resource_api_version = V3
-    boot.static_resources.clusters.append(_xds_cluster(spec.xds_host, spec.xds_port))
+    cluster = _xds_cluster(spec.xds_host, spec.xds_port)
+    if spec.tls is not None:
+        cluster.transport_socket.CopyFrom(_xds_tls_socket(spec.tls))
+    boot.static_resources.clusters.append(cluster)
     return boot
+
+
+def _xds_tls_socket(tls: XdsTls) -> base_pb2.TransportSocket:
+    """Mutual TLS to the control plane: our xDS client certificate, its CA, and the server's name."""
+    context = tls_pb2.UpstreamTlsContext()
+    common = context.common_tls_context
+    common.tls_certificates.append(common_pb2.TlsCertificate(
+        certificate_chain=base_pb2.DataSource(filename=tls.certificate_chain),
+        private_key=base_pb2.DataSource(filename=tls.private_key)))
+    validation = common.validation_context
+    validation.trusted_ca.filename = tls.trusted_ca
+    san = validation.match_typed_subject_alt_names.add()
+    is_ip = all(part.isdigit() for part in tls.server_name.split(".")) or ":" in tls.server_name
+    san.san_type = common_pb2.SubjectAltNameMatcher.IP_ADDRESS if is_ip else common_pb2.SubjectAltNameMatcher.DNS
+    san.matcher.exact = tls.server_name
+    packed = any_pb2.Any()
+    packed.Pack(context)
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=packed)
 
 
 def render_bootstrap(spec: BootstrapSpec) -> dict[str, Any]:

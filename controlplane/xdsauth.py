@@ -1,0 +1,97 @@
+"""Proxies authenticate to the control plane: mutual TLS on ADS, and a node may only be itself.
+
+The control plane has its own CA, apart from the meshes' (``<state-dir>/ca/xds``, trust domain
+``xds.meshplane.local``). ``meshplane bootstrap`` issues each proxy an xDS client certificate whose
+URI SAN names its node (``spiffe://xds.meshplane.local/xds/node/<node id>``), writes it with its key
+(0600) under ``<state-dir>/proxies/<node id>/``, and records the virtual deployment it was issued for.
+The ADS server then:
+
+* requires TLS with a client certificate from that CA (no certificate, or one from another CA: the
+  handshake fails and the proxy gets nothing at all);
+* refuses a stream (PERMISSION_DENIED) whose node id is not the one its certificate names, or whose
+  metadata claims another virtual deployment than the certificate was issued for — so a proxy can
+  neither impersonate another one nor obtain another service's workload certificate.
+
+xDS client certificates live for a year, because a bootstrap file is static; rotating them means
+running ``meshplane bootstrap`` again (the injector issues them per pod in Kubernetes mode).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+
+from meshplane.controlplane import ir
+from meshplane.injector.ca import CertificateAuthority, spiffe_id_for_xds_node
+from meshplane.xds.bootstrap import XdsTls
+from meshplane.xds.server import Peer, StreamRefusedError
+
+TRUST_DOMAIN = "xds.meshplane.local"
+LIFETIME = timedelta(days=365)
+
+
+def authority(state_dir: Path) -> CertificateAuthority:
+    """The control plane's own CA (created on first use, shared by ``serve`` and ``bootstrap``)."""
+    return CertificateAuthority.create_or_load(state_dir / "ca" / "xds", TRUST_DOMAIN, max_ttl=LIFETIME)
+
+
+def server_credentials(state_dir: Path, host: str) -> grpc.ServerCredentials:
+    """TLS for the ADS server: a serving certificate for ``host``, and client certificates required."""
+    ca = authority(state_dir)
+    ips = [host] if _is_ip(host) else []
+    dns = [] if ips else [host]
+    issued, key = ca.issue_server(dns, [ipaddress.ip_address(ip) for ip in ips], LIFETIME)
+    return grpc.ssl_server_credentials([(key.pem().reveal(), issued.chain_pem)],
+                                       root_certificates=ca.trust_bundle_pem(), require_client_auth=True)
+
+
+def issue_proxy(state_dir: Path, node_id: str, deployment: str, server: str) -> XdsTls:
+    """A proxy's xDS client credentials, written under ``<state-dir>/proxies/<node id>/``."""
+    ca = authority(state_dir)
+    issued, key = ca.issue_xds_client(node_id, LIFETIME)
+    folder = state_dir / "proxies" / node_id
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _write(folder / "key.pem", key.pem().reveal(), 0o600)
+    _write(folder / "cert.pem", issued.chain_pem, 0o644)
+    _write(folder / "ca.pem", ca.trust_bundle_pem(), 0o644)
+    _write(folder / "deployment", deployment.encode(), 0o644)
+    return XdsTls(str((folder / "cert.pem").resolve()), str((folder / "key.pem").resolve()),
+                  str((folder / "ca.pem").resolve()), server)
+
+
+def check_peer(peer: Peer | None, workload: ir.Workload, state_dir: Path) -> None:
+    """Refuse a stream whose certificate does not name this node, or that claims another deployment."""
+    expected = spiffe_id_for_xds_node(TRUST_DOMAIN, workload.node_id)
+    presented = [v.decode() for v in (peer.auth.get("peer_spiffe_id", ()) if peer else ())]
+    if presented != [expected]:
+        who = presented[0] if presented else "no identity"
+        raise StreamRefusedError(f"node {workload.node_id!r} connected with {who}; a proxy may only act as the node "
+                                 "its xDS certificate names (run `meshplane bootstrap` for this node)")
+    recorded = state_dir / "proxies" / workload.node_id / "deployment"
+    issued_for = recorded.read_text() if recorded.is_file() else None
+    if issued_for != workload.deployment:
+        raise StreamRefusedError(f"node {workload.node_id!r} claims virtual deployment {workload.deployment}, but its "
+                                 f"certificate was issued for {issued_for or 'another deployment'}")
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """Replace a file atomically, created with its final mode (a key is never readable by others)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
