@@ -89,10 +89,11 @@ class Mesh:
         tmp.write_text(yaml.safe_dump_all(list(docs), sort_keys=False))
         os.replace(tmp, path)
 
-    def start_control_plane(self) -> None:
+    def start_control_plane(self, *extra: str) -> None:
         self.xds_port, self.admin_port = free_port(), free_port()
         command = [meshplane_exe(), "serve", "--config-dir", str(self.config_dir), "--state-dir", str(self.state_dir),
-                   "--xds-address", f"127.0.0.1:{self.xds_port}", "--admin-address", f"127.0.0.1:{self.admin_port}"]
+                   "--xds-address", f"127.0.0.1:{self.xds_port}", "--admin-address", f"127.0.0.1:{self.admin_port}",
+                   *extra]
         self._spawn("control-plane", command)
         self.wait_for(lambda: self.admin("/healthz")[0] == 200, 20, "the control plane to become healthy")
 
