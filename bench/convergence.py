@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from meshplane.controlplane import echo, procs
+from meshplane.controlplane import echo
 from meshplane.controlplane.demo import APP_PORT, PORT, Demo, all_synced
 from meshplane.controlplane.reconcile import Timing
 from meshplane.controlplane.serve import ControlPlane, Options
@@ -49,11 +49,7 @@ async def measure(clients: int, edits: int, quiet_ms: int) -> dict[str, object]:
         cold = time.perf_counter() - started
         times = [await timed_edit(demo, plane, WEIGHTS[(i + 1) % len(WEIGHTS)]) for i in range(edits)]
     finally:
-        for process in demo.envoys:
-            procs.stop(process)
-        for app in apps:
-            await app.cleanup()
-        await plane.stop()
+        await demo.stop(plane, apps)
     return {"benchmark": "convergence", "proxies": clients + 2, "edits": edits, "quiet_ms": quiet_ms,
             "cold_sync_s": round(cold, 3), "edit_to_all_acked_p50_s": round(statistics.median(times), 3),
             "edit_to_all_acked_max_s": round(max(times), 3),

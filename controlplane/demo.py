@@ -118,19 +118,21 @@ class Demo:
         try:
             await plane.start()
             self.say(f"control plane: xDS 127.0.0.1:{plane.xds_port}, admin http://127.0.0.1:{plane.admin_port}")
-            for host, name in ((11, "catalog-v1"), (12, "catalog-v2")):
+            for host, name in ((11, "catalog-v1"), (12, "catalog-v2"), (10, "web-v1")):
                 apps.append(await echo.serve(f"{self.subnet}.{host}", APP_PORT, name))
                 self.start_sidecar(plane, name, host, {PORT: APP_PORT})
-            apps.append(await echo.serve(f"{self.subnet}.10", APP_PORT, "web-v1"))
-            self.start_sidecar(plane, "web-v1", 10, {PORT: APP_PORT})
             yield plane
         finally:
-            for process in self.envoys:
-                procs.stop(process)
-            for app in apps:
-                await app.cleanup()
-            await plane.stop()
+            await self.stop(plane, apps)
             shutil.rmtree(self.root, ignore_errors=True)
+
+    async def stop(self, plane: ControlPlane, apps: list[Any]) -> None:
+        """Stop every Envoy, application and the control plane this demo started."""
+        for process in self.envoys:
+            procs.stop(process)
+        for app in apps:
+            await app.cleanup()
+        await plane.stop()
 
     def start_sidecar(self, plane: ControlPlane, name: str, host: int, ports: dict[int, int], *,
                       node_id: str | None = None) -> None:

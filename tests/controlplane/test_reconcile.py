@@ -66,14 +66,19 @@ def controller(folder: Path) -> tuple[Controller[Rendered], Recorder]:
     return Controller(ConfigDir(folder), recorder.render, recorder.publish, Timing(0.01, 0.05, 0.05)), recorder
 
 
+async def connect_both(ctl: Controller[Rendered]) -> None:
+    """v1's and v2's proxies connect, and one round runs."""
+    ctl.connect(V1)
+    ctl.connect(V2)
+    await ctl.reconcile()
+
+
 def test_only_workloads_whose_inputs_changed_are_rendered_again(tmp_path: Path) -> None:
     write_canary(tmp_path)
     ctl, recorder = controller(tmp_path)
 
     async def scenario() -> None:
-        ctl.connect(V1)
-        ctl.connect(V2)
-        await ctl.reconcile()
+        await connect_both(ctl)
         assert sorted(n for n, _ in recorder.published) == ["reviews-v1-a", "reviews-v2-a"]
         recorder.published.clear()
         await ctl.reconcile()
@@ -87,9 +92,7 @@ def test_an_edit_in_the_directory_reaches_every_workload_of_the_mesh(tmp_path: P
     ctl, recorder = controller(tmp_path)
 
     async def scenario() -> None:
-        ctl.connect(V1)
-        ctl.connect(V2)
-        await ctl.reconcile()
+        await connect_both(ctl)
         recorder.published.clear()
         docs = data.manifests("canary")
         table = next(d for d in docs if d["kind"] == "VirtualServiceRouteTable")
@@ -110,9 +113,7 @@ def test_a_disconnected_workload_stays_an_endpoint_for_the_grace_period(tmp_path
     ctl, _ = controller(tmp_path)
 
     async def scenario() -> None:
-        ctl.connect(V1)
-        ctl.connect(V2)
-        await ctl.reconcile()
+        await connect_both(ctl)
         ctl.disconnect(V2.node_id)
         await ctl.reconcile()
         deployment = ctl.config.deployment("shop/reviews-v2")
