@@ -188,12 +188,13 @@ class ControlPlane:
                 self.controller.poke()
 
     async def _renewals(self) -> None:
-        """Wake when the next certificate is due (at most every 5 s) and re-render the proxies that hold one."""
+        """Wake when the next certificate is due, or every second to notice replaced CA files, and re-render
+        the proxies whose certificates must change."""
         while True:
             due_at = self.credentials.next_renewal()
-            wait = 5.0 if due_at is None else (due_at - self.credentials.now()).total_seconds()
-            await asyncio.sleep(min(5.0, max(0.05, wait)))
-            for node_id in self.credentials.due():
+            wait = 1.0 if due_at is None else (due_at - self.credentials.now()).total_seconds()
+            await asyncio.sleep(min(1.0, max(0.05, wait)))
+            for node_id in {*self.credentials.due(), *self.credentials.reload_changed()}:
                 self.controller.refresh(node_id)
 
     def _publish(self, workload: ir.Workload, snapshot: Snapshot) -> None:

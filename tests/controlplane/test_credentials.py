@@ -9,6 +9,8 @@ from pathlib import Path
 from cryptography import x509
 
 from meshplane.controlplane.credentials import Credentials
+from meshplane.injector.ca import PrivateKey, ca_directory
+from tests.catools import replace_intermediate
 
 TD = "shop.shop.mesh.local"
 REVIEWS = f"spiffe://{TD}/ns/shop/virtualservice/reviews"
@@ -65,3 +67,26 @@ def test_the_mesh_ca_survives_a_restart(tmp_path: Path) -> None:
     first = creds(tmp_path, Clock()).authority("shop/shop", TD).trust_bundle_pem()
     again = creds(tmp_path, Clock()).authority("shop/shop", TD).trust_bundle_pem()
     assert first == again
+
+
+def test_a_new_intermediate_is_picked_up_and_every_proxy_of_the_mesh_reissued(tmp_path: Path) -> None:
+    c = Credentials(tmp_path, ttl=timedelta(hours=1))
+    first = c.for_proxy("reviews-a", "shop/shop", TD, REVIEWS)
+    assert c.reload_changed() == []
+    intermediate = replace_intermediate(ca_directory(tmp_path, "shop/shop"), TD)
+    assert c.reload_changed() == ["reviews-a"]
+    again = c.for_proxy("reviews-a", "shop/shop", TD, REVIEWS)
+    assert again.issued.serial != first.issued.serial
+    assert again.issued.certificate().issuer == intermediate.subject
+    issuer_serials = {x.serial_number for x in x509.load_pem_x509_certificates(again.issued.chain_pem)}
+    assert intermediate.serial_number in issuer_serials, "the chain sent to Envoy carries the new intermediate"
+
+
+def test_a_broken_replacement_keeps_the_running_ca(tmp_path: Path) -> None:
+    c = Credentials(tmp_path, ttl=timedelta(hours=1))
+    held = c.for_proxy("reviews-a", "shop/shop", TD, REVIEWS)
+    directory = ca_directory(tmp_path, "shop/shop")
+    key = directory / "ca-key.pem"
+    key.write_bytes(PrivateKey.generate().pem().reveal())  # a key that does not match the certificate
+    assert c.reload_changed() == []
+    assert c.for_proxy("reviews-a", "shop/shop", TD, REVIEWS) is held
