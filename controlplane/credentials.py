@@ -102,8 +102,10 @@ class Credentials:
         self.issued_count += 1
         return held
 
-    def forget(self, node_id: str) -> None:
-        self._held.pop(node_id, None)
+    def keep_only(self, node_ids: set[str]) -> None:
+        """Drop the credentials of proxies that are gone: their keys do not stay in memory."""
+        for node in [n for n in self._held if n not in node_ids]:
+            del self._held[node]
 
     def due(self) -> list[str]:
         """Proxies whose certificate should be renewed now."""
@@ -112,10 +114,6 @@ class Credentials:
 
     def next_renewal(self) -> datetime | None:
         return min((held.renew_at for held in self._held.values()), default=None)
-
-    def earliest_expiry(self) -> datetime | None:
-        """When the first certificate held expires (for an expiry metric or alarm)."""
-        return min((held.issued.not_after for held in self._held.values()), default=None)
 
 
 def _fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:

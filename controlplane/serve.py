@@ -211,6 +211,7 @@ class ControlPlane:
     def _after_round(self, config: ir.MeshConfig) -> None:
         state.write_deployments(self.options.state_dir, config)
         state.write_workloads(self.options.state_dir, list(self.controller.workloads.values()))
+        self.credentials.keep_only(set(self.controller.workloads))
 
     def _open(self, stream_id: int, node: Any) -> None:
         workload = workload_from_node(node)

@@ -62,10 +62,20 @@ def _write(path: Path, text: str) -> bool:
     """Write atomically if the content changed; True if written."""
     if path.exists() and path.read_text() == text:
         return False
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, text.encode())
     return True
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace a file atomically; the new file is created with its final mode, so a key written with
+    0600 is never readable by others, not even for a moment."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(tmp, mode)  # the umask may have narrowed it
+    os.replace(tmp, path)
 
 
 def read_deployments(state_dir: Path) -> dict[str, dict[int, str]] | None:

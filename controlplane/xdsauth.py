@@ -19,13 +19,13 @@ running ``meshplane bootstrap`` again (the injector issues them per pod in Kuber
 from __future__ import annotations
 
 import ipaddress
-import os
 from datetime import timedelta
 from pathlib import Path
 
 import grpc
 
 from meshplane.controlplane import ir
+from meshplane.controlplane.state import write_atomic
 from meshplane.injector.ca import CertificateAuthority, spiffe_id_for_xds_node
 from meshplane.xds.bootstrap import XdsTls
 from meshplane.xds.server import Peer, StreamRefusedError
@@ -55,10 +55,10 @@ def issue_proxy(state_dir: Path, node_id: str, deployment: str, server: str) -> 
     issued, key = ca.issue_xds_client(node_id, LIFETIME)
     folder = state_dir / "proxies" / node_id
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write(folder / "key.pem", key.pem().reveal(), 0o600)
-    _write(folder / "cert.pem", issued.chain_pem, 0o644)
-    _write(folder / "ca.pem", ca.trust_bundle_pem(), 0o644)
-    _write(folder / "deployment", deployment.encode(), 0o644)
+    write_atomic(folder / "key.pem", key.pem().reveal(), 0o600)
+    write_atomic(folder / "cert.pem", issued.chain_pem)
+    write_atomic(folder / "ca.pem", ca.trust_bundle_pem())
+    write_atomic(folder / "deployment", deployment.encode())
     return XdsTls(str((folder / "cert.pem").resolve()), str((folder / "key.pem").resolve()),
                   str((folder / "ca.pem").resolve()), server)
 
@@ -76,17 +76,6 @@ def check_peer(peer: Peer | None, workload: ir.Workload, state_dir: Path) -> Non
     if issued_for != workload.deployment:
         raise StreamRefusedError(f"node {workload.node_id!r} claims virtual deployment {workload.deployment}, but its "
                                  f"certificate was issued for {issued_for or 'another deployment'}")
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Replace a file atomically, created with its final mode (a key is never readable by others)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def _is_ip(host: str) -> bool:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
 
+from meshplane.controlplane.state import write_atomic
 from meshplane.injector import pki
 
 
@@ -17,16 +17,7 @@ def replace_intermediate(directory: Path, trust_domain: str) -> x509.Certificate
     root_key = pki.PrivateKey.from_pem(pki.SecretBytes((directory / "root-key.pem").read_bytes()))
     key = pki.PrivateKey.generate()
     intermediate = pki.build_intermediate(key, root, root_key, trust_domain, now=datetime.now(UTC))
-    _write(directory / "ca-key.pem", key.pem().reveal(), 0o600)
-    _write(directory / "ca-cert.pem", pki.pem(intermediate), 0o644)
-    _write(directory / "cert-chain.pem", pki.pem_all([intermediate, root]), 0o644)
+    write_atomic(directory / "ca-key.pem", key.pem().reveal(), 0o600)
+    write_atomic(directory / "ca-cert.pem", pki.pem(intermediate))
+    write_atomic(directory / "cert-chain.pem", pki.pem_all([intermediate, root]))
     return intermediate
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.new")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)

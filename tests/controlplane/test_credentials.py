@@ -90,3 +90,12 @@ def test_a_broken_replacement_keeps_the_running_ca(tmp_path: Path) -> None:
     key.write_bytes(PrivateKey.generate().pem().reveal())  # a key that does not match the certificate
     assert c.reload_changed() == []
     assert c.for_proxy("reviews-a", "shop/shop", TD, REVIEWS) is held
+
+
+def test_credentials_of_proxies_that_left_are_dropped(tmp_path: Path) -> None:
+    c = creds(tmp_path, Clock())
+    gone = c.for_proxy("reviews-a", "shop/shop", TD, REVIEWS)
+    kept = c.for_proxy("reviews-b", "shop/shop", TD, REVIEWS)
+    c.keep_only({"reviews-b"})
+    assert c.for_proxy("reviews-b", "shop/shop", TD, REVIEWS) is kept
+    assert c.for_proxy("reviews-a", "shop/shop", TD, REVIEWS).issued.serial != gone.issued.serial, "its key was dropped"

@@ -67,6 +67,7 @@ class Mesh:
     xds_port: int = 0
     admin_port: int = 0
     delta: bool = False
+    serve_args: tuple[str, ...] = ()
 
     @property
     def config_dir(self) -> Path:
@@ -91,6 +92,11 @@ class Mesh:
 
     def start_control_plane(self, *extra: str) -> None:
         self.xds_port, self.admin_port = free_port(), free_port()
+        self._serve(extra)
+
+    def _serve(self, extra: Sequence[str] = ()) -> None:
+        """``meshplane serve`` on this mesh's ports, until it reports healthy."""
+        self.serve_args = tuple(extra)
         command = [meshplane_exe(), "serve", "--config-dir", str(self.config_dir), "--state-dir", str(self.state_dir),
                    "--xds-address", f"127.0.0.1:{self.xds_port}", "--admin-address", f"127.0.0.1:{self.admin_port}",
                    *extra]
@@ -103,11 +109,8 @@ class Mesh:
             self.processes.remove(process)
 
     def restart_control_plane(self) -> None:
-        """Start the control plane again on the same ports (proxies reconnect to the same address)."""
-        command = [meshplane_exe(), "serve", "--config-dir", str(self.config_dir), "--state-dir", str(self.state_dir),
-                   "--xds-address", f"127.0.0.1:{self.xds_port}", "--admin-address", f"127.0.0.1:{self.admin_port}"]
-        self._spawn("control-plane", command)
-        self.wait_for(lambda: self.admin("/healthz")[0] == 200, 20, "the control plane to become healthy again")
+        """Start the control plane again on the same ports and flags (proxies reconnect to the same address)."""
+        self._serve(self.serve_args)
 
     def admin(self, path: str) -> tuple[int, str]:
         try:
