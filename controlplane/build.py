@@ -26,14 +26,17 @@ Choices (each written in docs/traffic.md for users):
 * **mTLS.** A service's effective mode is ``max(its own mode or the mesh minimum, the mesh minimum)``
   (spec §5.1; a mesh without ``mtls`` has the minimum STRICT); its identity is the SPIFFE ID
   ``spiffe://<trust domain>/ns/<namespace>/virtualservice/<name>``, shared by all its deployments.
+* **Access policies** (:mod:`policies`): each service carries who may call it, each mesh the external
+  services its rules allow; nothing else is allowed (default deny).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from meshplane.controlplane import ir
+from meshplane.controlplane.identity import key_of, service_identity, trust_domain
 from meshplane.controlplane.model import (
     AnyObject,
     Kind,
@@ -45,28 +48,11 @@ from meshplane.controlplane.model import (
     VirtualDeploymentTarget,
     VirtualServiceRouteRule,
 )
+from meshplane.controlplane.policies import Access, resolve_access
 from meshplane.controlplane.problems import Problem, error, warning
 from meshplane.controlplane.world import World, resolve
 
 Problems = dict[ObjectKey, list[Problem]]
-
-
-def key_of(obj: AnyObject) -> str:
-    return f"{obj.namespace}/{obj.name}"
-
-
-def trust_domain(mesh: AnyObject) -> str:
-    """The mesh's SPIFFE trust domain: ``<name>.<namespace>.mesh.local``."""
-    return f"{mesh.name}.{mesh.namespace}.mesh.local"
-
-
-def service_identity(domain: str, vs: AnyObject) -> str:
-    """The SPIFFE ID of a virtual service's proxies (architecture §4).
-
-    Per virtual service, not per deployment, because OCI issues certificates per virtual service: a
-    canary's new version is the same service to its callers and to access policies.
-    """
-    return f"spiffe://{domain}/ns/{vs.namespace}/virtualservice/{vs.name}"
 
 
 @dataclass
@@ -95,9 +81,23 @@ def build(world: World, workloads: Iterable[ir.Workload] = ()) -> tuple[ir.MeshC
             ctx.services[key_of(vs)] = vs
     for vd in world.objects(Kind.VIRTUAL_DEPLOYMENT):
         _add_deployment(ctx, vd)
-    services = tuple(_service(ctx, vs) for vs in ctx.services.values())
-    config = ir.MeshConfig(tuple(ctx.meshes.values()), services, tuple(ctx.deployments.values()))
+    access = _access(ctx)
+    services = tuple(_service(ctx, vs, access.callers_of(key)) for key, vs in ctx.services.items())
+    meshes = tuple(replace(m, egress=tuple(access.egress.get(m.key, ()))) for m in ctx.meshes.values())
+    config = ir.MeshConfig(meshes, services, tuple(ctx.deployments.values()))
     return config, ctx.problems
+
+
+def _access(ctx: _Build) -> Access:
+    """What the access policies allow (see :mod:`policies`), their problems reported."""
+    identities = {}
+    for key, vs in ctx.services.items():
+        mesh = ctx.meshes[_mesh_key(ctx, vs)]
+        identities[key] = (mesh.key, service_identity(mesh.trust_domain, vs))
+    access = resolve_access(ctx.world, ctx.meshes, identities)
+    for obj_key, problems in access.problems.items():
+        ctx.problems.setdefault(obj_key, []).extend(problems)
+    return access
 
 
 def _endpoints(workloads: Iterable[ir.Workload]) -> dict[str, tuple[str, ...]]:
@@ -139,7 +139,7 @@ def _port(listener: Listener) -> ir.Port:
 # --------------------------------------------------------------------------------------- services
 
 
-def _service(ctx: _Build, vs: AnyObject) -> ir.Service:
+def _service(ctx: _Build, vs: AnyObject, callers: ir.Callers) -> ir.Service:
     key = key_of(vs)
     deployments = [d for d in ctx.deployments.values() if d.service == key]
     mesh = ctx.meshes[_mesh_key(ctx, vs)]
@@ -149,7 +149,7 @@ def _service(ctx: _Build, vs: AnyObject) -> ir.Service:
     ports = tuple(_service_port(ctx, vs, number, protocol, deployments=deployments, tables=tables)
                   for number, protocol in _service_ports(ctx, vs, deployments))
     identity = service_identity(mesh.trust_domain, vs)
-    return ir.Service(key, mesh.key, identity, tuple(sorted(vs.spec.hosts)), mtls, ports)
+    return ir.Service(key, mesh.key, identity, tuple(sorted(vs.spec.hosts)), mtls, ports, callers)
 
 
 _MTLS_ORDER = [ir.Mtls.DISABLED, ir.Mtls.PERMISSIVE, ir.Mtls.STRICT]

@@ -73,6 +73,9 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument("--max-delay-ms", type=int, default=1000, help="rebuild at most this long after a change")
     serve.add_argument("--cert-ttl", type=float, default=86400, metavar="SECONDS",
                        help="lifetime of workload certificates, renewed at 2/3 of it (default 86400 = 24 h)")
+    serve.add_argument("--egress-dns", action="append", default=[], metavar="HOST:PORT",
+                       help="a DNS server sidecars use for external host names an access policy allows "
+                       "(repeatable; default: the system's resolvers)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(run=_serve)
 
@@ -144,8 +147,13 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=err,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     timing = Timing(quiet=args.quiet_ms / 1000, max_delay=args.max_delay_ms / 1000)
+    try:
+        resolvers = tuple(sidecar.parse_address(value, "--egress-dns") for value in args.egress_dns)
+    except sidecar.BootstrapError as exc:
+        print(f"meshplane serve: {exc}", file=err)
+        return 2
     options = serve.Options(args.config_dir, args.state_dir, args.xds_address, args.admin_address, timing,
-                            cert_ttl=timedelta(seconds=args.cert_ttl))
+                            cert_ttl=timedelta(seconds=args.cert_ttl), egress_dns=resolvers)
     asyncio.run(serve.run(options))
     return 0
 

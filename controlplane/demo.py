@@ -44,7 +44,8 @@ PHASES = ((90, 10), (50, 50), (0, 100))
 
 
 def manifests(v1: int, v2: int) -> list[dict[str, Any]]:
-    """The catalog canary of examples/bookstore, with the route table's weights."""
+    """The catalog canary of examples/bookstore, with the route table's weights, and the access policy
+    that lets the storefront (web) call the catalog."""
     def obj(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
         return {"apiVersion": API, "kind": kind, "metadata": {"name": name, "namespace": NS}, "spec": spec}
 
@@ -55,6 +56,9 @@ def manifests(v1: int, v2: int) -> list[dict[str, Any]]:
 
     return [
         obj("Mesh", NS, {"mtls": {"minimum": "PERMISSIVE"}}),
+        obj("AccessPolicy", "web-to-catalog", {"mesh": {"ref": {"name": NS}}, "rules": [{  # default deny otherwise
+            "action": "ALLOW", "source": {"virtualService": {"ref": {"name": "web"}}},
+            "destination": {"virtualService": {"ref": {"name": "catalog"}}}}]}),
         obj("VirtualService", "catalog", {"mesh": {"ref": {"name": NS}}, "hosts": [HOST]}),
         obj("VirtualService", "web", {"mesh": {"ref": {"name": NS}}, "hosts": [f"web.{NS}.svc.cluster.local"]}),
         deployment("catalog-v1", "catalog"), deployment("catalog-v2", "catalog"), deployment("web-v1", "web"),

@@ -12,7 +12,11 @@ Keys are strings ``namespace/name``: readable in golden files and stable across 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # Ports every sidecar keeps for itself (architecture §5): Envoy admin, outbound and inbound capture,
 # stats, health. No mesh listener may use them.
@@ -45,13 +49,75 @@ class Capture(enum.StrEnum):
     TRANSPARENT = "transparent"  # iptables redirects the pod's traffic to the sidecar (Kubernetes)
 
 
+def service_identity(trust_domain: str, namespace: str, name: str) -> str:
+    """The SPIFFE ID of a virtual service's proxies (architecture §4)."""
+    return f"spiffe://{trust_domain}/ns/{namespace}/virtualservice/{name}"
+
+
+def gateway_identity(trust_domain: str, namespace: str, name: str) -> str:
+    """The SPIFFE ID of an ingress gateway's proxies (architecture §4)."""
+    return f"spiffe://{trust_domain}/ns/{namespace}/ingressgateway/{name}"
+
+
+def service_identity_regex(trust_domain: str) -> str:
+    """An RE2 expression matching every virtual service identity of ``trust_domain`` and nothing else."""
+    escaped = trust_domain.replace(".", r"\.")
+    return rf"^spiffe://{escaped}/ns/[^/]+/virtualservice/[^/]+$"
+
+
+@dataclass(frozen=True)
+class Callers:
+    """Who access policies let reach a destination (spec §5.4): the union of every rule naming it.
+
+    ``all_services`` is a rule with source ``allVirtualServices`` (any virtual service of the mesh, not
+    an ingress gateway); ``identities`` are the SPIFFE IDs of sources named one by one (virtual services
+    and ingress gateways). The empty value admits nobody: default deny.
+    """
+
+    all_services: bool = False
+    identities: tuple[str, ...] = ()
+
+    def admits(self, identity: str, *, service: bool = True) -> bool:
+        """Whether a caller proving ``identity`` (a virtual service's unless ``service`` is False) may call."""
+        return (self.all_services and service) or identity in self.identities
+
+    def __or__(self, other: Callers) -> Callers:
+        return Callers(self.all_services or other.all_services,
+                       tuple(sorted(set(self.identities) | set(other.identities))))
+
+
+class Egress(enum.StrEnum):
+    """How traffic to an external service is recognised: Host header, TLS SNI, or destination address."""
+
+    HTTP = "HTTP"
+    HTTPS = "HTTPS"
+    TCP = "TCP"
+
+
+@dataclass(frozen=True)
+class External:
+    """An external service access policies let some callers reach (one rule's destination).
+
+    ``hosts`` (HTTP, HTTPS) are exact names, ``*.`` suffix wildcards or ``*`` (any); ``cidrs`` (TCP)
+    are networks in CIDR notation; ``ports`` empty means every port.
+    """
+
+    origin: str
+    protocol: Egress
+    callers: Callers
+    hosts: tuple[str, ...] = ()
+    cidrs: tuple[str, ...] = ()
+    ports: tuple[int, ...] = ()
+
+
 @dataclass(frozen=True)
 class Mesh:
-    """A trust domain and its mTLS floor."""
+    """A trust domain, its mTLS floor, and the external services its access policies allow."""
 
     key: str
     trust_domain: str
     mtls_minimum: Mtls
+    egress: tuple[External, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,6 +195,7 @@ class Service:
     ``identity`` is the SPIFFE ID every proxy of the service proves with its certificate
     (``spiffe://<trust domain>/ns/<namespace>/virtualservice/<name>``, architecture §4): certificates
     are issued per virtual service, as OCI does, so all deployments of a service share it.
+    ``callers`` are who its access policies let call it (nobody by default).
     """
 
     key: str
@@ -137,6 +204,7 @@ class Service:
     hosts: tuple[str, ...]
     mtls: Mtls
     ports: tuple[ServicePort, ...]
+    callers: Callers = Callers()
 
     @property
     def default_http_port(self) -> int | None:
@@ -166,6 +234,7 @@ class MeshConfig:
     _services: dict[str, Service] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
     _deployments: dict[str, Deployment] = field(default_factory=dict, init=False, repr=False, compare=False,
                                                 hash=False)
+    _memo: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         self._meshes.update((m.key, m) for m in self.meshes)
@@ -182,4 +251,15 @@ class MeshConfig:
         return self._deployments.get(key)
 
     def mesh_services(self, mesh: str) -> tuple[Service, ...]:
-        return tuple(s for s in self.services if s.mesh == mesh)
+        return self.memo(("mesh_services", mesh), lambda: tuple(s for s in self.services if s.mesh == mesh))
+
+    def memo(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """``compute()``, once per configuration and ``key``: for values derived from it by pure functions.
+
+        The configuration never changes, so a derived value never goes stale; it lives as long as the
+        configuration (one build). ``key`` must name the function and its other arguments.
+        """
+        if key not in self._memo:
+            self._memo[key] = compute()
+        value: T = self._memo[key]
+        return value

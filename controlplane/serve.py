@@ -55,6 +55,7 @@ class Options:
     poll_seconds: float = 0.25
     restart_grace: float = 30.0  # how long workloads of a previous run stay endpoints while they reconnect
     cert_ttl: timedelta = DEFAULT_TTL  # lifetime of workload certificates (renewed at 2/3)
+    egress_dns: tuple[tuple[str, int], ...] = ()  # DNS servers for allowed external hosts (empty: the system's)
 
 
 class Renderer:
@@ -65,8 +66,9 @@ class Renderer:
     proxy's own key and certificate come from :class:`Credentials` and go only into its own snapshot.
     """
 
-    def __init__(self, credentials: Credentials) -> None:
+    def __init__(self, credentials: Credentials, resolvers: tuple[tuple[str, int], ...] = ()) -> None:
         self.credentials = credentials
+        self.resolvers = resolvers
         self._config: ir.MeshConfig | None = None
         self._shared: dict[tuple[str, str], tuple[Resource, ...]] = {}
 
@@ -79,8 +81,9 @@ class Renderer:
             return Snapshot()
         if (mesh, identity) not in self._shared:
             self._shared[(mesh, identity)] = tuple(Resource.of(b.message, b.refs)
-                                                   for b in translate_outbound(config, mesh, identity))
-        own = [Resource.of(b.message, b.refs) for b in translate_proxy(config, workload)]
+                                                   for b in translate_outbound(config, mesh, identity,
+                                                                               self.resolvers))
+        own = [Resource.of(b.message, b.refs) for b in translate_proxy(config, workload, self.resolvers)]
         return Snapshot((*self._shared[(mesh, identity)], *own, *self._secrets(config, workload, mesh)))
 
     def _secrets(self, config: ir.MeshConfig, workload: ir.Workload, mesh_key: str) -> list[Resource]:
@@ -139,7 +142,8 @@ class ControlPlane:
         self.source = ConfigDir(options.config_dir)
         self.cache = SnapshotCache()
         self.credentials = Credentials(options.state_dir, ttl=options.cert_ttl)
-        self.controller: Controller[Snapshot] = Controller(self.source, Renderer(self.credentials), self._publish,
+        self.controller: Controller[Snapshot] = Controller(self.source, Renderer(self.credentials, options.egress_dns),
+                                                            self._publish,
                                                             options.timing, data_plane=self._data_plane)
         self.controller.after_round = self._after_round
         self.xds: XdsServer | None = None

@@ -42,7 +42,8 @@ def bootstrap_spec(*, state_dir: Path, xds_address: str, deployment: str, pod_ip
         names.META_APP_PORTS: {str(k): str(v) for k, v in sorted(mapping.items())},
     }
     tls = xdsauth.issue_proxy(state_dir, node, deployment, host)
-    return BootstrapSpec(node, deployment, metadata, host, port, admin_port=admin_port, delta=delta, tls=tls)
+    return BootstrapSpec(node, deployment, metadata, host, port, admin_port=admin_port, delta=delta, tls=tls,
+                         source_address=pod_ip)
 
 
 def parse_address(value: str, flag: str) -> tuple[str, int]:

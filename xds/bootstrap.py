@@ -7,6 +7,10 @@ address, capture mode and application ports), where the control plane is, and th
 loopback. Listeners, routes, clusters and endpoints all come over one ADS stream — State of the
 World or Delta (``delta=True``).
 
+In explicit capture every upstream connection leaves from the workload's own address
+(``source_address``), as a pod's would: a receiving sidecar that cannot see a certificate (mTLS
+DISABLED) tells its callers apart by that address.
+
 Traps avoided (envoy-notes.md): ADS needs ``node.id`` and ``node.cluster``; the xDS cluster must speak
 HTTP/2 through ``typed_extension_protocol_options``; every config source says ``V3``.
 """
@@ -54,6 +58,7 @@ class BootstrapSpec:
     admin_port: int = 15000
     delta: bool = False
     tls: XdsTls | None = None
+    source_address: str | None = None  # explicit capture: the workload's address, for every upstream connection
 
 
 def build_bootstrap(spec: BootstrapSpec) -> bootstrap_pb2.Bootstrap:
@@ -77,6 +82,9 @@ def build_bootstrap(spec: BootstrapSpec) -> bootstrap_pb2.Bootstrap:
     if spec.tls is not None:
         cluster.transport_socket.CopyFrom(_xds_tls_socket(spec.tls))
     boot.static_resources.clusters.append(cluster)
+    if spec.source_address is not None:
+        bind = boot.cluster_manager.upstream_bind_config
+        bind.source_address.CopyFrom(address_pb2.SocketAddress(address=spec.source_address, port_value=0))
     return boot
 
 

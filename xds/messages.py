@@ -22,21 +22,31 @@ from envoy.config.cluster.v3 import cluster_pb2 as cluster_v3
 from envoy.config.core.v3 import address_pb2 as address_v3
 from envoy.config.core.v3 import base_pb2 as base_v3
 from envoy.config.core.v3 import config_source_pb2 as config_source_v3
+from envoy.config.core.v3 import extension_pb2 as core_extension_v3
 from envoy.config.core.v3 import protocol_pb2 as protocol_v3
 from envoy.config.endpoint.v3 import endpoint_components_pb2 as endpoint_components_v3
 from envoy.config.endpoint.v3 import endpoint_pb2 as endpoint_v3
 from envoy.config.listener.v3 import listener_components_pb2 as listener_components_v3
 from envoy.config.listener.v3 import listener_pb2 as listener_v3
+from envoy.config.rbac.v3 import rbac_pb2 as rbac_v3
 from envoy.config.route.v3 import route_components_pb2 as route_components_v3
 from envoy.config.route.v3 import route_pb2 as route_v3
+from envoy.extensions.clusters.dynamic_forward_proxy.v3 import cluster_pb2 as dfp_cluster_v3
+from envoy.extensions.common.dynamic_forward_proxy.v3 import dns_cache_pb2 as dns_cache_v3
+from envoy.extensions.filters.http.dynamic_forward_proxy.v3 import dynamic_forward_proxy_pb2 as dfp_http_v3
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_http_v3
 from envoy.extensions.filters.http.router.v3 import router_pb2 as router_v3
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2 as tls_inspector_v3
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_v3
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as rbac_network_v3
+from envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3 import sni_dynamic_forward_proxy_pb2 as sni_dfp_v3
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2 as tcp_proxy_v3
+from envoy.extensions.network.dns_resolver.cares.v3 import cares_dns_resolver_pb2 as cares_v3
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as common_v3
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2 as secret_v3
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2 as tls_v3
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http_protocol_options_v3
+from envoy.type.matcher.v3 import regex_pb2 as regex_v3
 from envoy.type.matcher.v3 import string_pb2 as string_v3
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
@@ -44,6 +54,12 @@ from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
 ROUTER_FILTER = "envoy.filters.http.router"
+RBAC_HTTP_FILTER = "envoy.filters.http.rbac"
+RBAC_NETWORK_FILTER = "envoy.filters.network.rbac"
+DFP_HTTP_FILTER = "envoy.filters.http.dynamic_forward_proxy"
+SNI_DFP_FILTER = "envoy.filters.network.sni_dynamic_forward_proxy"
+DFP_CLUSTER = "envoy.clusters.dynamic_forward_proxy"
+CARES_RESOLVER = "envoy.network.dns_resolver.cares"
 TLS_INSPECTOR_FILTER = "envoy.filters.listener.tls_inspector"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
@@ -60,6 +76,7 @@ GRPC_CONTENT_TYPE = "application/grpc"
 
 _BODIES = {
     HTTPStatus.FORBIDDEN: "denied by the virtual service's default routing policy",
+    HTTPStatus.NOT_FOUND: "no virtual service of the mesh answers this host",
     HTTPStatus.SERVICE_UNAVAILABLE: "no virtual deployment can take this request",
 }
 
@@ -248,9 +265,9 @@ def build_forward_route(name: str, match: Any, action: Any) -> Any:
     return route_components_v3.Route(name=name, match=match, route=action)
 
 
-def build_direct_response_route(name: str, match: Any, status: int) -> Any:
-    """A route that answers ``status`` itself, with a one-line body saying why."""
-    body = _BODIES.get(HTTPStatus(status), HTTPStatus(status).phrase)
+def build_direct_response_route(name: str, match: Any, status: int, body: str | None = None) -> Any:
+    """A route that answers ``status`` itself, with a one-line body saying why (``body``, else a default)."""
+    body = body or _BODIES.get(HTTPStatus(status), HTTPStatus(status).phrase)
     response = route_components_v3.DirectResponseAction(status=status, body=base_v3.DataSource(inline_string=body))
     return route_components_v3.Route(name=name, match=match, direct_response=response)
 
@@ -258,15 +275,17 @@ def build_direct_response_route(name: str, match: Any, status: int) -> Any:
 # ----------------------------------------------------------------------------------------- filters
 
 
-def build_http_connection_manager(stat_prefix: str, *, rds: str | None = None,
-                                  route_config: Any = None) -> Any:
+def build_http_connection_manager(stat_prefix: str, *, rds: str | None = None, route_config: Any = None,
+                                  http_filters: Iterable[Any] = ()) -> Any:
     """An HTTP connection manager filter (codec AUTO: HTTP/1.1 or h2c by the client's preface).
 
     Routes come over RDS (``rds`` names the route configuration) or inline (``route_config``).
+    ``http_filters`` run in order before the router.
     """
+    router = hcm_v3.HttpFilter(name=ROUTER_FILTER, typed_config=pack(router_v3.Router()))
     manager = hcm_v3.HttpConnectionManager(
         codec_type=hcm_v3.HttpConnectionManager.AUTO, stat_prefix=stat_prefix,
-        http_filters=[hcm_v3.HttpFilter(name=ROUTER_FILTER, typed_config=pack(router_v3.Router()))])
+        http_filters=[*http_filters, router])
     if rds is not None:
         manager.rds.CopyFrom(hcm_v3.Rds(config_source=build_ads_config_source(), route_config_name=rds))
     else:
@@ -327,3 +346,93 @@ def build_listener(name: str, host: str, port: int, filter_chains: Iterable[Any]
                                 filter_chains=list(filter_chains), listener_filters=list(listener_filters),
                                 traffic_direction=direction,
                                 continue_on_listener_filters_timeout=continue_on_filter_timeout)
+
+
+# ------------------------------------------------------------------------------- access control
+
+
+def build_identity_principal(*, exact: str = "", regex: str = "") -> Any:
+    """A caller proven by mutual TLS whose certificate's principal (URI SAN first) is ``exact`` or matches ``regex``.
+
+    A connection without a client certificate (plaintext) never matches.
+    """
+    matcher = (string_v3.StringMatcher(exact=exact) if exact
+               else string_v3.StringMatcher(safe_regex=regex_v3.RegexMatcher(regex=regex)))
+    return rbac_v3.Principal(authenticated=rbac_v3.Principal.Authenticated(principal_name=matcher))
+
+
+def build_address_principal(address: str) -> Any:
+    """A caller whose connection comes directly from ``address`` (an IPv4 or IPv6 host address)."""
+    length = 128 if ":" in address else 32
+    cidr = address_v3.CidrRange(address_prefix=address, prefix_len=wrappers_pb2.UInt32Value(value=length))
+    return rbac_v3.Principal(direct_remote_ip=cidr)
+
+
+def _allow_rules(principals: Sequence[Any]) -> Any:
+    """ALLOW rules with one policy admitting ``principals`` to anything; with none, every request is denied."""
+    rules = rbac_v3.RBAC(action=rbac_v3.RBAC.ALLOW)
+    if principals:
+        rules.policies["callers"].CopyFrom(rbac_v3.Policy(permissions=[rbac_v3.Permission(any=True)],
+                                                          principals=list(principals)))
+    return rules
+
+
+def build_rbac_http_filter(principals: Sequence[Any]) -> Any:
+    """An HTTP filter answering 403 to every request whose caller no principal admits."""
+    config = rbac_http_v3.RBAC(rules=_allow_rules(principals))
+    return hcm_v3.HttpFilter(name=RBAC_HTTP_FILTER, typed_config=pack(config))
+
+
+def build_rbac_network_filter(stat_prefix: str, principals: Sequence[Any]) -> Any:
+    """A network filter closing every connection whose caller no principal admits."""
+    config = rbac_network_v3.RBAC(stat_prefix=stat_prefix, rules=_allow_rules(principals))
+    return listener_components_v3.Filter(name=RBAC_NETWORK_FILTER, typed_config=pack(config))
+
+
+# -------------------------------------------------------------------------------------- egress
+
+
+def build_dns_cache(name: str, resolvers: Sequence[tuple[str, int]]) -> Any:
+    """The DNS cache shared by the dynamic forward proxy filters and clusters (IPv4 only).
+
+    ``resolvers`` (host, port) replace the system's resolvers when given (standalone and tests).
+    """
+    cache = dns_cache_v3.DnsCacheConfig(name=name, dns_lookup_family=cluster_v3.Cluster.V4_ONLY)
+    if resolvers:
+        cares = cares_v3.CaresDnsResolverConfig(resolvers=[build_address(host, port) for host, port in resolvers])
+        cache.typed_dns_resolver_config.CopyFrom(core_extension_v3.TypedExtensionConfig(
+            name=CARES_RESOLVER, typed_config=pack(cares)))
+    return cache
+
+
+def build_forward_proxy_cluster(name: str, dns_cache: Any, *, upstream: Upstream) -> Any:
+    """A cluster whose hosts are resolved on demand (from the Host header or the SNI) through ``dns_cache``.
+
+    It never originates TLS (plain HTTP is forwarded as is, TLS passes through untouched), so Envoy's
+    check that a forward proxy cluster verifies the SNI it sends does not apply: said explicitly with
+    ``allow_insecure_cluster_options`` (without it Envoy rejects an HTTP one).
+    """
+    config = dfp_cluster_v3.ClusterConfig(dns_cache_config=dns_cache, allow_insecure_cluster_options=True)
+    return cluster_v3.Cluster(
+        name=name, connect_timeout=build_duration(CONNECT_TIMEOUT_MS), lb_policy=cluster_v3.Cluster.CLUSTER_PROVIDED,
+        cluster_type=cluster_v3.Cluster.CustomClusterType(name=DFP_CLUSTER, typed_config=pack(config)),
+        typed_extension_protocol_options=build_protocol_options(upstream))
+
+
+def build_forward_proxy_http_filter(dns_cache: Any) -> Any:
+    """The HTTP filter that resolves a request's Host before it is routed to a forward proxy cluster."""
+    config = dfp_http_v3.FilterConfig(dns_cache_config=dns_cache)
+    return hcm_v3.HttpFilter(name=DFP_HTTP_FILTER, typed_config=pack(config))
+
+
+def build_sni_forward_proxy_filter(dns_cache: Any, port: int) -> Any:
+    """The network filter that resolves a connection's SNI (to ``port``) for a forward proxy cluster."""
+    config = sni_dfp_v3.FilterConfig(dns_cache_config=dns_cache, port_value=port)
+    return listener_components_v3.Filter(name=SNI_DFP_FILTER, typed_config=pack(config))
+
+
+def build_authority_match(regex: str) -> Any:
+    """A route match on the ``:authority`` (Host) header against an RE2 ``regex``, any path."""
+    header = route_components_v3.HeaderMatcher(
+        name=":authority", string_match=string_v3.StringMatcher(safe_regex=regex_v3.RegexMatcher(regex=regex)))
+    return route_components_v3.RouteMatch(prefix="/", headers=[header])

@@ -14,6 +14,8 @@ Shapes (``|`` separates parts because it never appears in a key, a host or a por
 * ``outbound|<port>|<namespace>/<deployment>``: the EDS cluster for one port of one virtual
   deployment, and its ClusterLoadAssignment (same name).
 * ``<namespace>/<service>:<port>``: the virtual host of one HTTP port of one virtual service.
+* ``outbound|other``: the catch-all virtual host (allowed external HTTP hosts, else 403).
+* ``egress|http`` / ``egress|tls``: the forward-proxy clusters to allowed external services.
 * ``workload|<SPIFFE ID>``: the SDS secret holding a proxy's own certificate chain and key (one per
   identity: every proxy of a virtual service shares the name, each gets its own key).
 * ``trust|<trust domain>``: the SDS secret holding the mesh's trust bundle (its root certificates,
@@ -60,6 +62,18 @@ SIDECAR_PORTS = ir.SIDECAR_PORTS
 
 OUTBOUND_HTTP = "outbound|http"
 """The outbound HTTP listener and the route configuration it loads over RDS."""
+
+OUTBOUND_OTHER = "outbound|other"
+"""The last virtual host of ``outbound|http`` (domain ``*``): allowed external HTTP hosts, else 403."""
+
+EGRESS_HTTP_CLUSTER = "egress|http"
+"""The forward-proxy cluster reaching allowed external HTTP hosts (resolved from the Host header)."""
+
+EGRESS_TLS_CLUSTER = "egress|tls"
+"""The forward-proxy cluster reaching allowed external TLS hosts (resolved from the SNI, passed through)."""
+
+EGRESS_DNS_CACHE = "egress"
+"""The DNS cache both egress clusters and their filters share (one name, one configuration)."""
 
 
 def inbound(port: int) -> str:

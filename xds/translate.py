@@ -16,10 +16,10 @@ resources name, so the caller can issue exactly those into the same snapshot.
 The work is split so that a build can share what is common:
 
 * :func:`translate_outbound` (per mesh and caller identity, identical for every proxy of one virtual
-  service): the route configuration ``outbound|http`` with one virtual host per (service, HTTP port),
-  and one EDS cluster plus its ClusterLoadAssignment per (deployment, port) that some route uses. The
-  caller's identity is an input because a cluster originating mutual TLS presents the caller's
-  certificate; the route configuration and the endpoints are the same for the whole mesh.
+  service): the route configuration ``outbound|http`` with one virtual host per (service, HTTP port)
+  the caller may call, one EDS cluster plus its ClusterLoadAssignment per (deployment, port) that
+  some of those routes use, and the egress clusters. The caller's identity is an input because access
+  policies scope what it gets, and a cluster originating mutual TLS presents the caller's certificate.
 * :func:`translate_proxy` (per proxy): :func:`translate_inbound` (a listener and a STATIC cluster per
   port of the proxy's deployment, forwarding to the application) and
   :func:`translate_outbound_listeners` (the HTTP listener on 15001 and the TCP/TLS listeners, all
@@ -40,10 +40,21 @@ service's effective mode (``ir.Service.mtls``) decides both sides of every conne
   listener by port, not by name, and the peer is proven by its certificate's SAN, not by a name.
 * **TLS_PASSTHROUGH** ports get no mesh TLS on either side, whatever the mode: the mesh forwards the
   application's own TLS untouched (spec §5.2), without a second layer around it. The price: those
-  connections carry no mesh identity, so access policies cannot tell their callers apart.
+  connections carry no mesh identity, so access policies know their callers by address only.
 * A PERMISSIVE listener that cannot tell TLS from plaintext yet (the client sent nothing, as in a
   server-first protocol, or fewer bytes than a TLS record header) picks the plaintext chain when the
   listener filter timeout (Envoy's 15 s) ends, instead of closing the connection.
+
+Access policies (spec §5.4; docs/security.md): nothing is allowed unless a policy allows it.
+
+* **Scoping**, per caller identity: virtual hosts, L4 chains and clusters only for the services the
+  caller may call (``ir.Service.callers`` admits it); the last virtual host, ``*``, routes the external
+  HTTP hosts the caller may reach and answers 403 to everything else.
+* **RBAC**, per inbound port: over mutual TLS, the callers' SPIFFE IDs (exact, or a pattern for
+  ``allVirtualServices``); on plaintext chains, the addresses of the admitted services' workloads
+  (each sidecar connects from its workload's address). HTTP ports answer 403, TCP ports close.
+* **Egress**: external HTTP by Host (regex on ``:authority``) through a dynamic forward proxy cluster;
+  external HTTPS by SNI on outbound TLS listeners, passed through to the host the SNI names.
 
 Data plane model: explicit capture (architecture §5). Each workload has its own address; the sidecar
 binds ``address:<listener port>`` inbound and ``address:15001`` for outbound HTTP, routed by the
@@ -84,6 +95,9 @@ from meshplane.xds.messages import Upstream, Weights
 Ref = tuple[str, str]
 """(type URL, resource name) of a resource another one names."""
 
+Resolvers = Sequence[tuple[str, int]]
+"""DNS servers (host, port) for egress host names; empty = the system's."""
+
 
 @dataclass(frozen=True)
 class Built:
@@ -101,12 +115,16 @@ class Built:
 Resources = tuple[Built, ...]
 
 
-def translate(config: ir.MeshConfig, workload: ir.Workload) -> Resources:
-    """Every resource of one proxy; nothing when its deployment is not served (no mesh to join)."""
+def translate(config: ir.MeshConfig, workload: ir.Workload, resolvers: Resolvers = ()) -> Resources:
+    """Every resource of one proxy; nothing when its deployment is not served (no mesh to join).
+
+    ``resolvers`` (host, port) are the DNS servers egress uses instead of the system's (see :func:`_egress`).
+    """
     service = service_of(config, workload)
     if service is None:
         return ()
-    return merge(translate_outbound(config, service.mesh, service.identity), translate_proxy(config, workload))
+    return merge(translate_outbound(config, service.mesh, service.identity, resolvers),
+                 translate_proxy(config, workload, resolvers))
 
 
 def service_of(config: ir.MeshConfig, workload: ir.Workload) -> ir.Service | None:
@@ -137,7 +155,7 @@ def required_secrets(config: ir.MeshConfig, workload: ir.Workload) -> tuple[tupl
     if service is None or deployment is None:
         return ()
     inbound = any(_mesh_tls(service.mtls, port.protocol) for port, _ in _bound_ports(deployment, workload))
-    if not inbound and not _outbound_tls(config, service.mesh):
+    if not inbound and not _outbound_tls(config, service.mesh, service.identity):
         return ()
     return _proxy_tls(config, service.mesh, service.identity).secrets
 
@@ -238,18 +256,46 @@ def _by_key(services: Iterable[ir.Service]) -> list[ir.Service]:
 # ------------------------------------------------------------- outbound, per mesh and caller
 
 
-def translate_outbound(config: ir.MeshConfig, mesh: str, identity: str) -> Resources:
+def translate_outbound(config: ir.MeshConfig, mesh: str, identity: str, resolvers: Resolvers = ()) -> Resources:
     """What every proxy proving ``identity`` in ``mesh`` shares: outbound routes, clusters and endpoints.
 
-    Only clusters that a served virtual host or L4 port uses are built, so a deployment nobody routes
-    to costs proxies nothing. ``identity`` only decides which certificate mutual TLS clusters present:
-    proxies of one service get identical bytes, and two services' outbound parts differ only there.
+    Scoped by access policy: only the services ``identity`` may call get virtual hosts and clusters, so
+    a proxy's configuration grows with what it may reach, not with the mesh; every other host (and
+    every external host no policy allows) answers 403 from the caller's own sidecar. Only clusters
+    that a served virtual host or L4 port uses are built, so a deployment nobody routes to costs
+    proxies nothing. ``identity`` also decides which certificate mutual TLS clusters present.
     """
-    services = _by_key(config.mesh_services(mesh))
-    virtual_hosts = _http_plan(services)
+    virtual_hosts, l4 = _plans(config, mesh, identity)
+    egress = _egress(config, mesh, identity)
     tls = _proxy_tls(config, mesh, identity)
-    clusters = [_eds_cluster(d, tls) for d in _destinations(config, virtual_hosts, _l4_plan(services))]
-    return merge([_outbound_route_configuration(virtual_hosts)], *clusters)
+    clusters = [_eds_cluster(d, tls) for d in _destinations(config, virtual_hosts, l4)]
+    return merge([_outbound_route_configuration(virtual_hosts, egress.http)], *clusters,
+                 _egress_clusters(egress, resolvers))
+
+
+def _plans(config: ir.MeshConfig, mesh: str, identity: str) -> tuple[list[_VirtualHost], L4Plan]:
+    """The mesh's HTTP and L4 plans, cut to the services ``identity`` may call.
+
+    Names and ports are handed out mesh-wide first (:func:`_mesh_plans`), so a service keeps what it
+    owns for every caller, and a caller denied the owner of a name or port does not reach another
+    service through it.
+    """
+    def scoped() -> tuple[list[_VirtualHost], L4Plan]:
+        allowed = {s.key for s in config.mesh_services(mesh) if s.callers.admits(identity)}
+        virtual_hosts, l4 = _mesh_plans(config, mesh)
+        kept = {number: (protocol, [c for c in chains if c.service in allowed])
+                for number, (protocol, chains) in l4.items()}
+        return ([v for v in virtual_hosts if v.service in allowed],
+                {number: plan for number, plan in kept.items() if plan[1]})
+    return config.memo(("plans", mesh, identity), scoped)
+
+
+def _mesh_plans(config: ir.MeshConfig, mesh: str) -> tuple[list[_VirtualHost], L4Plan]:
+    """Which service owns each outbound name and port of ``mesh``, once per configuration."""
+    def plans() -> tuple[list[_VirtualHost], L4Plan]:
+        services = _by_key(config.mesh_services(mesh))
+        return _http_plan(services), _l4_plan(services)
+    return config.memo(("mesh plans", mesh), plans)
 
 
 @dataclass(frozen=True)
@@ -297,10 +343,10 @@ def _destination(config: ir.MeshConfig, name: str, backend: ir.Backend, protocol
     return _Destination(name, backend.port, endpoints, _upstream(protocol), peer)
 
 
-def _outbound_tls(config: ir.MeshConfig, mesh: str) -> bool:
-    """Whether any outbound cluster of ``mesh``'s proxies originates mutual TLS (then it names secrets)."""
-    services = _by_key(config.mesh_services(mesh))
-    return any(d.peer is not None for d in _destinations(config, _http_plan(services), _l4_plan(services)))
+def _outbound_tls(config: ir.MeshConfig, mesh: str, identity: str) -> bool:
+    """Whether any outbound cluster of ``identity``'s proxies originates mutual TLS (then it names secrets)."""
+    return config.memo(("outbound tls", mesh, identity),
+                       lambda: any(d.peer is not None for d in _destinations(config, *_plans(config, mesh, identity))))
 
 
 def _eds_cluster(destination: _Destination, tls: _ProxyTls) -> tuple[Built, Built]:
@@ -342,8 +388,12 @@ def _http_plan(services: Iterable[ir.Service]) -> list[_VirtualHost]:
     return plan
 
 
-def _outbound_route_configuration(virtual_hosts: Iterable[_VirtualHost]) -> Built:
-    """The ``outbound|http`` routes; a host no virtual host names gets Envoy's own 404."""
+def _outbound_route_configuration(virtual_hosts: Iterable[_VirtualHost], egress: Sequence[ir.External]) -> Built:
+    """The ``outbound|http`` routes: the allowed services' virtual hosts, then ``*``.
+
+    ``*`` takes every other host: the external HTTP hosts the caller may reach, else 403 (a mesh host
+    the caller may not call lands there too).
+    """
     built: list[Any] = []
     refs: set[Ref] = set()
     for vhost in virtual_hosts:
@@ -351,6 +401,9 @@ def _outbound_route_configuration(virtual_hosts: Iterable[_VirtualHost]) -> Buil
         built.append(messages.build_virtual_host(names.virtual_host(vhost.service, vhost.port.number),
                                                  vhost.domains, routes))
         refs |= used
+    other, used = _other_virtual_host(egress)
+    built.append(other)
+    refs |= used
     message = messages.build_route_configuration(names.OUTBOUND_HTTP, built)
     return Built(names.ROUTE_TYPE, names.OUTBOUND_HTTP, message, frozenset(refs))
 
@@ -451,9 +504,9 @@ def _l4_chain(service: ir.Service, port: ir.ServicePort, server_names: Sequence[
 # --------------------------------------------------------------------------------------- per proxy
 
 
-def translate_proxy(config: ir.MeshConfig, workload: ir.Workload) -> Resources:
+def translate_proxy(config: ir.MeshConfig, workload: ir.Workload, resolvers: Resolvers = ()) -> Resources:
     """What only this proxy gets: its inbound side and its outbound listeners (bound to its address)."""
-    return merge(translate_inbound(config, workload), translate_outbound_listeners(config, workload))
+    return merge(translate_inbound(config, workload), translate_outbound_listeners(config, workload, resolvers))
 
 
 def translate_inbound(config: ir.MeshConfig, workload: ir.Workload) -> Resources:
@@ -466,8 +519,7 @@ def translate_inbound(config: ir.MeshConfig, workload: ir.Workload) -> Resources
     service = service_of(config, workload)
     if deployment is None or service is None:
         return ()
-    tls = _proxy_tls(config, service.mesh, service.identity)
-    return merge(*(_inbound(workload.address, port, app_port, service.mtls, tls)
+    return merge(*(_inbound(config, service, workload.address, port, app_port)
                    for port, app_port in _bound_ports(deployment, workload)))
 
 
@@ -478,13 +530,17 @@ def _bound_ports(deployment: ir.Deployment, workload: ir.Workload) -> list[tuple
             if port.number in app_ports and port.number not in names.SIDECAR_PORTS]
 
 
-def _inbound(address: str, port: ir.Port, app_port: int, mode: ir.Mtls, tls: _ProxyTls) -> tuple[Built, Built]:
+def _inbound(config: ir.MeshConfig, service: ir.Service, address: str, port: ir.Port,
+             app_port: int) -> tuple[Built, Built]:
     """One port's listener (plaintext, mutual TLS, or both by the TLS inspector) and its application cluster."""
+    tls = _proxy_tls(config, service.mesh, service.identity)
     name = names.inbound(port.number)
     cluster = messages.build_static_cluster(name, address, app_port, upstream=_upstream(port.protocol))
-    effective = mode if _mesh_tls(mode, port.protocol) else ir.Mtls.DISABLED
+    effective = service.mtls if _mesh_tls(service.mtls, port.protocol) else ir.Mtls.DISABLED
     permissive = effective is ir.Mtls.PERMISSIVE
-    chains = _inbound_chains(name, inbound_filters(port, name), effective, tls)
+    by_certificate = inbound_filters(port, name, _identity_principals(config, service))
+    by_address = inbound_filters(port, name, _address_principals(config, service))
+    chains = _inbound_chains(name, effective, tls, by_certificate=by_certificate, by_address=by_address)
     listener = messages.build_listener(name, address, port.number, chains, inbound=True,
                                        listener_filters=[messages.build_tls_inspector()] if permissive else [],
                                        continue_on_filter_timeout=permissive)
@@ -493,73 +549,238 @@ def _inbound(address: str, port: ir.Port, app_port: int, mode: ir.Mtls, tls: _Pr
             Built(names.LISTENER_TYPE, name, listener, frozenset(refs)))
 
 
-def _inbound_chains(name: str, filters: Sequence[Any], mode: ir.Mtls, tls: _ProxyTls) -> list[Any]:
-    """The filter chains of an inbound listener, all ending in the same ``filters``.
+def _inbound_chains(name: str, mode: ir.Mtls, tls: _ProxyTls, *, by_certificate: Sequence[Any],
+                    by_address: Sequence[Any]) -> list[Any]:
+    """The filter chains of an inbound listener: mutual TLS ones end in ``by_certificate``, plaintext ones
+    in ``by_address`` (the same filters, admitting callers by SPIFFE ID or by workload address).
 
     STRICT: one mutual TLS chain. PERMISSIVE: that chain for connections the TLS inspector finds to be
     TLS, and a plaintext chain for the rest. DISABLED: one plaintext chain. At the TLS layer every
-    identity of the trust domain is let in; access policies decide which may call (RBAC, later).
+    identity of the trust domain is let in; access policies decide which may call (RBAC in the filters).
     """
     if mode is ir.Mtls.DISABLED:
-        return [messages.build_filter_chain(filters, name=name)]
+        return [messages.build_filter_chain(by_address, name=name)]
     members = messages.build_uri_san_matcher(prefix=f"spiffe://{tls.trust_domain}/")
     socket = messages.build_downstream_tls(tls.context(members))
     if mode is ir.Mtls.STRICT:
-        return [messages.build_filter_chain(filters, name=name, transport_socket=socket)]
-    return [messages.build_filter_chain(filters, name=f"{name}|mtls", transport_protocol=messages.TLS_PROTOCOL,
+        return [messages.build_filter_chain(by_certificate, name=name, transport_socket=socket)]
+    return [messages.build_filter_chain(by_certificate, name=f"{name}|mtls", transport_protocol=messages.TLS_PROTOCOL,
                                         transport_socket=socket),
-            messages.build_filter_chain(filters, name=f"{name}|plaintext",
+            messages.build_filter_chain(by_address, name=f"{name}|plaintext",
                                         transport_protocol=messages.PLAINTEXT_PROTOCOL)]
 
 
-def inbound_filters(port: ir.Port, cluster: str) -> list[Any]:
-    """The network filters that hand one port's traffic to the application behind ``cluster``.
+def _identity_principals(config: ir.MeshConfig, service: ir.Service) -> list[Any]:
+    """The callers of ``service`` as SPIFFE IDs their certificates must carry (mutual TLS connections)."""
+    callers = service.callers
+    found = [messages.build_identity_principal(exact=identity) for identity in callers.identities]
+    if callers.all_services:
+        trust_domain = _proxy_tls(config, service.mesh, service.identity).trust_domain
+        found.append(messages.build_identity_principal(regex=ir.service_identity_regex(trust_domain)))
+    return found
 
-    Shared by every filter chain of the port (mutual TLS and plaintext alike). The seam for later
-    work: access policies add an RBAC filter before the HCM / TCP proxy (on a PERMISSIVE port's
-    plaintext chain, with no peer identity to allow), access logging the filters' logs. Timeouts are
+
+def _address_principals(config: ir.MeshConfig, service: ir.Service) -> list[Any]:
+    """The callers of ``service`` as the addresses their connections come from (plaintext connections).
+
+    Where a connection carries no certificate (mTLS DISABLED, TLS passthrough, a PERMISSIVE port's
+    plaintext chain) the caller is the address its sidecar connects from: the live workloads of the
+    services the policies admit. A caller that is no mesh workload has no such address: it reaches nothing.
+    """
+    return [messages.build_address_principal(a) for a in _caller_addresses(config, service)]
+
+
+def _caller_addresses(config: ir.MeshConfig, service: ir.Service) -> tuple[str, ...]:
+    """The addresses of every live workload whose service may call ``service`` (sorted, once per build)."""
+    def addresses() -> tuple[str, ...]:
+        found = {address for deployment in config.deployments
+                 if (caller := config.service(deployment.service)) is not None and caller.mesh == service.mesh
+                 and service.callers.admits(caller.identity) for address in deployment.endpoints}
+        return tuple(sorted(found))
+    return config.memo(("caller addresses", service.key), addresses)
+
+
+def inbound_filters(port: ir.Port, cluster: str, principals: Sequence[Any] = ()) -> list[Any]:
+    """The network filters that let admitted callers through to the application behind ``cluster``.
+
+    Shared by every filter chain of the port (mutual TLS and plaintext alike). Access policies come
+    first: an HTTP port answers 403 to a caller no principal admits (Envoy's RBAC filter), a TCP or
+    TLS port closes its connection. No principals: nobody is admitted (default deny). Timeouts are
     the deployment port's own (0 disables).
     """
     if not port.protocol.is_http:
-        return [messages.build_tcp_proxy(cluster, [(cluster, 1)], idle_timeout_ms=port.idle_timeout_ms)]
+        return [messages.build_rbac_network_filter(cluster, principals),
+                messages.build_tcp_proxy(cluster, [(cluster, 1)], idle_timeout_ms=port.idle_timeout_ms)]
     action = messages.build_route_action([(cluster, 1)], timeout_ms=port.request_timeout_ms,
                                          idle_timeout_ms=port.idle_timeout_ms)
     route = messages.build_forward_route(cluster, messages.build_route_match("/", grpc=False), action)
     routes = messages.build_route_configuration(cluster, [messages.build_virtual_host(cluster, ["*"], [route])])
-    return [messages.build_http_connection_manager(cluster, route_config=routes)]
+    return [messages.build_http_connection_manager(cluster, route_config=routes,
+                                                   http_filters=[messages.build_rbac_http_filter(principals)])]
 
 
-def translate_outbound_listeners(config: ir.MeshConfig, workload: ir.Workload) -> Resources:
-    """The outbound HTTP listener, and a TCP or TLS listener per outbound L4 port this proxy can bind."""
+def translate_outbound_listeners(config: ir.MeshConfig, workload: ir.Workload, resolvers: Resolvers = ()) -> Resources:
+    """The outbound HTTP listener, and a TCP or TLS listener per outbound L4 port this proxy can bind.
+
+    L4 ports carry the services the proxy may call and, on TLS ports, the external TLS hosts it may
+    reach. An external TLS port never shares a port some mesh service uses for TCP (connections there
+    cannot be told apart), nor one of the proxy's own or the sidecar's ports: it is not served there.
+    """
     deployment = config.deployment(workload.deployment)
-    mesh = mesh_of(config, workload)
-    if deployment is None or mesh is None:
+    service = service_of(config, workload)
+    if deployment is None or service is None:
         return ()
     taken = names.SIDECAR_PORTS | {port.number for port in deployment.ports}
-    l4 = [_l4_listener(workload.address, number, protocol, chains)
-          for number, (protocol, chains) in _l4_plan(config.mesh_services(mesh)).items() if number not in taken]
-    return merge([_outbound_http_listener(workload.address)], l4)
+    _, l4 = _plans(config, service.mesh, service.identity)
+    egress = _egress(config, service.mesh, service.identity)
+    cache = messages.build_dns_cache(names.EGRESS_DNS_CACHE, resolvers)
+    tls_egress = {number: hosts for number, hosts in egress.tls if number not in _mesh_tcp_ports(config, service.mesh)}
+    listeners = []
+    for number in sorted((set(l4) | set(tls_egress)) - taken):
+        protocol, chains = l4.get(number, (ir.Protocol.TLS_PASSTHROUGH, []))
+        listeners.append(_l4_listener(workload.address, number, protocol, chains,
+                                      _EgressChain(tls_egress.get(number, ()), cache)))
+    http_filters = [messages.build_forward_proxy_http_filter(cache)] if egress.http else []
+    return merge([_outbound_http_listener(workload.address, http_filters)], listeners)
 
 
-def _outbound_http_listener(address: str) -> Built:
-    manager = messages.build_http_connection_manager(names.OUTBOUND_HTTP, rds=names.OUTBOUND_HTTP)
+def _mesh_tcp_ports(config: ir.MeshConfig, mesh: str) -> frozenset[int]:
+    """Every port some service of ``mesh`` serves as TCP (whether or not it has backends right now)."""
+    return config.memo(("tcp ports", mesh), lambda: frozenset(
+        port.number for s in config.mesh_services(mesh) for port in s.ports if port.protocol is ir.Protocol.TCP))
+
+
+def _outbound_http_listener(address: str, http_filters: Sequence[Any]) -> Built:
+    manager = messages.build_http_connection_manager(names.OUTBOUND_HTTP, rds=names.OUTBOUND_HTTP,
+                                                     http_filters=http_filters)
     chain = messages.build_filter_chain([manager], name=names.OUTBOUND_HTTP)
     listener = messages.build_listener(names.OUTBOUND_HTTP, address, names.OUTBOUND_HTTP_PORT, [chain], inbound=False)
     refs = frozenset({(names.ROUTE_TYPE, names.OUTBOUND_HTTP)})
     return Built(names.LISTENER_TYPE, names.OUTBOUND_HTTP, listener, refs)
 
 
-def _l4_listener(address: str, number: int, protocol: ir.Protocol, chains: Sequence[_L4Chain]) -> Built:
-    """A TCP proxy per chain; a TLS listener reads the SNI first and picks the chain by server name."""
+@dataclass(frozen=True)
+class _EgressChain:
+    """The external TLS hosts one outbound port may reach (``*`` = any), and the DNS cache resolving them."""
+
+    hosts: tuple[str, ...]
+    dns_cache: Any
+
+
+def _l4_listener(address: str, number: int, protocol: ir.Protocol, chains: Sequence[_L4Chain],
+                 egress: _EgressChain) -> Built:
+    """A TCP proxy per chain; a TLS listener reads the SNI first and picks the chain by server name.
+
+    On a TLS port, external hosts no mesh service claimed come last, in one chain that resolves the
+    SNI and passes the connection through (any SNI when ``*`` is allowed).
+    """
     tls = protocol is ir.Protocol.TLS_PASSTHROUGH
     name = names.outbound_tls_listener(number) if tls else names.outbound_tcp_listener(number)
     filter_chains = [_l4_filter_chain(f"{name}|{c.service}" if tls else name, c) for c in chains]
+    refs: set[Ref] = set().union(*(_cluster_refs(c.weights) for c in chains))
+    mesh_names = frozenset(n.lower() for c in chains for n in c.server_names)
+    external = [h for h in _unclaimed(egress.hosts, set(mesh_names)) if not _covered(h, mesh_names)] if tls else []
+    if external:
+        filter_chains.append(_egress_filter_chain(f"{name}|egress", number, external, egress.dns_cache))
+        refs.add((names.CLUSTER_TYPE, names.EGRESS_TLS_CLUSTER))
     listener_filters = [messages.build_tls_inspector()] if tls else []
     listener = messages.build_listener(name, address, number, filter_chains, inbound=False,
                                        listener_filters=listener_filters)
-    return Built(names.LISTENER_TYPE, name, listener, frozenset().union(*(_cluster_refs(c.weights) for c in chains)))
+    return Built(names.LISTENER_TYPE, name, listener, frozenset(refs))
+
+
+def _covered(name: str, claimed: Iterable[str]) -> bool:
+    """Whether a claimed wildcard (``*.example.com``) covers ``name``: then the name stays with its claimant.
+
+    Envoy prefers an exact server name to a wildcard, so an exact egress name under a mesh service's
+    wildcard would take that service's connections away.
+    """
+    return any(c.startswith("*.") and name.lower().endswith(c[1:]) for c in claimed)
 
 
 def _l4_filter_chain(stat_prefix: str, chain: _L4Chain) -> Any:
     proxy = messages.build_tcp_proxy(stat_prefix, chain.weights)
     return messages.build_filter_chain([proxy], name=chain.service, server_names=chain.server_names)
+
+
+def _egress_filter_chain(stat_prefix: str, port: int, hosts: Sequence[str], dns_cache: Any) -> Any:
+    """Pass TLS for ``hosts`` (by SNI; ``*`` matches any) through to the host the SNI names, on ``port``."""
+    filters = [messages.build_sni_forward_proxy_filter(dns_cache, port),
+               messages.build_tcp_proxy(stat_prefix, [(names.EGRESS_TLS_CLUSTER, 1)])]
+    server_names = () if "*" in hosts else tuple(hosts)
+    return messages.build_filter_chain(filters, name=stat_prefix, server_names=server_names)
+
+
+# ------------------------------------------------------------------------------------------ egress
+
+DENIED_BODY = "no access policy allows this destination"
+HTTPS_DEFAULT_PORT = 443  # where an HTTPS external service with no ports is served in explicit capture
+
+
+@dataclass(frozen=True)
+class _EgressPlan:
+    """What one caller may reach outside the mesh: HTTP rules, and TLS host names per port (ascending)."""
+
+    http: tuple[ir.External, ...] = ()
+    tls: tuple[tuple[int, tuple[str, ...]], ...] = ()
+
+
+def _egress(config: ir.MeshConfig, mesh: str, identity: str) -> _EgressPlan:
+    """The external services access policies let ``identity`` reach, by protocol.
+
+    HTTP is matched by the Host header on the outbound HTTP listener (any port when the rule lists
+    none); HTTPS by SNI on each listed port (443 when none: explicit capture cannot listen on every
+    port). TCP by address needs transparent capture (the destination address is only known there),
+    so explicit-capture proxies get nothing for it: such traffic stays refused.
+    """
+    found = config.mesh(mesh)
+    allowed = [e for e in found.egress if e.callers.admits(identity)] if found is not None else []
+    tls: dict[int, list[str]] = {}
+    for external in allowed:
+        if external.protocol is ir.Egress.HTTPS:
+            for port in external.ports or (HTTPS_DEFAULT_PORT,):
+                hosts = tls.setdefault(port, [])
+                hosts += [h for h in external.hosts if h not in hosts]
+    http = tuple(e for e in allowed if e.protocol is ir.Egress.HTTP)
+    return _EgressPlan(http, tuple(sorted((port, tuple(hosts)) for port, hosts in tls.items())))
+
+
+def _egress_clusters(egress: _EgressPlan, resolvers: Resolvers) -> list[Built]:
+    """The forward-proxy clusters the caller's egress needs (none without egress)."""
+    cache = messages.build_dns_cache(names.EGRESS_DNS_CACHE, resolvers)
+    wanted = [(names.EGRESS_HTTP_CLUSTER, Upstream.HTTP1, bool(egress.http)),
+              (names.EGRESS_TLS_CLUSTER, Upstream.TCP, bool(egress.tls))]
+    return [Built(names.CLUSTER_TYPE, name, messages.build_forward_proxy_cluster(name, cache, upstream=upstream))
+            for name, upstream, needed in wanted if needed]
+
+
+def _other_virtual_host(http: Sequence[ir.External]) -> tuple[Any, frozenset[Ref]]:
+    """The ``*`` virtual host: a route per allowed external HTTP service (by Host and port), then 403."""
+    routes = [messages.build_forward_route(
+        external.origin, messages.build_authority_match(_authority_regex(external.hosts, external.ports)),
+        messages.build_route_action([(names.EGRESS_HTTP_CLUSTER, 1)], timeout_ms=ir.DEFAULT_REQUEST_TIMEOUT_MS))
+        for external in http]
+    routes.append(messages.build_direct_response_route(f"{names.OUTBOUND_OTHER} denied",
+                                                       messages.build_route_match("/", grpc=False), 403, DENIED_BODY))
+    refs = frozenset({(names.CLUSTER_TYPE, names.EGRESS_HTTP_CLUSTER)}) if http else frozenset()
+    return messages.build_virtual_host(names.OUTBOUND_OTHER, ["*"], routes), refs
+
+
+def _authority_regex(hosts: Sequence[str], ports: Sequence[int]) -> str:
+    """An RE2 expression for a Host header naming one of ``hosts`` on one of ``ports`` (any when empty).
+
+    ``*.example.com`` matches any name ending in ``.example.com``; ``*`` any name. A Host without a
+    port is port 80, so it matches when 80 is allowed.
+    """
+    names_re = "|".join(_host_regex(h) for h in hosts)
+    listed = "|".join(str(p) for p in ports)
+    port_re = f"(:({listed}))" + ("?" if 80 in ports else "") if ports else "(:[0-9]+)?"
+    return f"(?i)^({names_re}){port_re}$"
+
+
+def _host_regex(host: str) -> str:
+    if host == "*":
+        return "[^:/]+"
+    if host.startswith("*."):
+        return r"[^:/]+\." + host[2:].replace(".", r"\.")
+    return host.replace(".", r"\.")

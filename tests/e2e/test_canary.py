@@ -27,9 +27,17 @@ def obj(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": API, "kind": kind, "metadata": {"name": name, "namespace": "shop"}, "spec": spec}
 
 
+def allow(name: str, source: str, destination: str) -> dict[str, Any]:
+    """An AccessPolicy letting the virtual service ``source`` call ``destination`` (default deny otherwise)."""
+    return obj("AccessPolicy", name, {"mesh": {"ref": {"name": "shop"}}, "rules": [{
+        "action": "ALLOW", "source": {"virtualService": {"ref": {"name": source}}},
+        "destination": {"virtualService": {"ref": {"name": destination}}}}]})
+
+
 def base(versions: tuple[str, ...] = ("v1", "v2"), policy: str = "UNIFORM") -> list[dict[str, Any]]:
     docs = [
         obj("Mesh", "shop", {"mtls": {"minimum": "DISABLED"}}),
+        allow("client-to-reviews", "client", "reviews"),
         obj("VirtualService", "reviews", {"mesh": {"ref": {"name": "shop"}}, "hosts": [HOST],
                                           "defaultRoutingPolicy": {"type": policy}, "mtls": {"mode": "DISABLED"}}),
         obj("VirtualService", "client", {"mesh": {"ref": {"name": "shop"}}, "mtls": {"mode": "DISABLED"}}),

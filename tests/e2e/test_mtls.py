@@ -20,7 +20,7 @@ from cryptography import x509
 
 from meshplane.injector.ca import CertificateAuthority, ca_directory
 from tests.e2e.harness import Mesh, load, mesh
-from tests.e2e.test_canary import HOST, PORT, obj, start
+from tests.e2e.test_canary import HOST, PORT, allow, obj, start
 
 pytestmark = pytest.mark.envoy
 
@@ -31,6 +31,7 @@ REVIEWS_ID = f"spiffe://{TRUST_DOMAIN}/ns/shop/virtualservice/reviews"
 def manifests(mode: str) -> list[dict[str, Any]]:
     return [
         obj("Mesh", "shop", {"mtls": {"minimum": "DISABLED"}}),
+        allow("client-to-reviews", "client", "reviews"),
         obj("VirtualService", "reviews", {"mesh": {"ref": {"name": "shop"}}, "hosts": [HOST], "mtls": {"mode": mode}}),
         obj("VirtualService", "client", {"mesh": {"ref": {"name": "shop"}}, "mtls": {"mode": "DISABLED"}}),
         obj("VirtualDeployment", "client", {"virtualService": {"ref": {"name": "client"}}}),
@@ -40,9 +41,13 @@ def manifests(mode: str) -> list[dict[str, Any]]:
     ]
 
 
-def plaintext_get(host: str) -> int:
-    """A plain HTTP request straight to the sidecar's inbound listener: the status, or 0 if refused."""
-    connection = http.client.HTTPConnection(host, PORT, timeout=5)
+def plaintext_get(host: str, source: str = "127.0.0.1") -> int:
+    """A plain HTTP request straight to the sidecar's inbound listener from ``source``: the status, or 0 if refused.
+
+    From 127.0.0.1 (no workload's address) it is a caller outside the mesh; from a workload's address it
+    stands for that workload's application calling without its sidecar.
+    """
+    connection = http.client.HTTPConnection(host, PORT, timeout=5, source_address=(source, 0))
     try:
         connection.request("GET", "/", headers={"Host": HOST})
         return connection.getresponse().status
@@ -52,8 +57,9 @@ def plaintext_get(host: str) -> int:
         connection.close()
 
 
-def mtls_get(m: Mesh, host: str, *, with_certificate: bool) -> tuple[int, list[str]]:
-    """HTTPS with the mesh CA as trust anchor (and a mesh client certificate): status and the server's URIs."""
+def mtls_get(m: Mesh, host: str, *, with_certificate: bool, service: str = "client") -> tuple[int, list[str]]:
+    """HTTPS with the mesh CA as trust anchor (and a mesh client certificate proving the virtual service
+    ``service``): status and the server's URIs."""
     ca = CertificateAuthority.create_or_load(ca_directory(m.state_dir, "shop/shop"), TRUST_DOMAIN)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False  # mesh certificates name identities (URI SANs), not host names
@@ -61,7 +67,8 @@ def mtls_get(m: Mesh, host: str, *, with_certificate: bool) -> tuple[int, list[s
     (workdir / "roots.pem").write_bytes(ca.trust_bundle_pem())
     context.load_verify_locations(workdir / "roots.pem")
     if with_certificate:
-        issued, key = ca.issue_for(f"spiffe://{TRUST_DOMAIN}/ns/shop/virtualservice/tester", timedelta(minutes=10))
+        issued, key = ca.issue_for(f"spiffe://{TRUST_DOMAIN}/ns/shop/virtualservice/{service}",
+                                    timedelta(minutes=10))
         (workdir / "chain.pem").write_bytes(issued.chain_pem)
         (workdir / "key.pem").write_bytes(key.pem().reveal())
         (workdir / "key.pem").chmod(0o600)
@@ -91,25 +98,34 @@ def upstream_handshakes(m: Mesh) -> int:
 
 @pytest.mark.parametrize("mode", ["STRICT", "PERMISSIVE", "DISABLED"])
 def test_mtls_modes_between_real_sidecars(tmp_path: Path, mode: str) -> None:
+    """Each mode on the wire, with the access policy (client → reviews) deciding who gets through.
+
+    Refusals: a TLS handshake that fails is a reset (status 0 here); a connection the transport accepts
+    but no policy admits gets 403 from Envoy's RBAC filter.
+    """
     with mesh(tmp_path) as m:
         m.write("mesh.yaml", manifests(mode))
         url = start(m, ("v1",))
         mesh_calls = load(url, HOST, count=50, seconds=10)
         assert mesh_calls.failed == 0 and set(mesh_calls.names) == {"reviews-v1"}, "mesh callers always succeed"
-        inbound = m.address(11)
-        plain = plaintext_get(inbound)
+        inbound, client = m.address(11), m.address(10)
         if mode == "STRICT":
-            assert plain == 0, "a plaintext client is refused at the inbound side (connection reset)"
+            assert plaintext_get(inbound, client) == 0, "plaintext is refused at the inbound side (reset)"
             assert mtls_get(m, inbound, with_certificate=False)[0] == 0, "no client certificate, no service"
             status, uris = mtls_get(m, inbound, with_certificate=True)
             assert status == 200 and uris == [REVIEWS_ID], "Envoy presents the service's SPIFFE identity"
             assert upstream_handshakes(m) > 0, "the caller's sidecar originated TLS"
         elif mode == "PERMISSIVE":
-            assert plain == 200, "plaintext is accepted too"
+            assert plaintext_get(inbound, client) == 200, "plaintext is accepted too, from a workload the policy admits"
             status, uris = mtls_get(m, inbound, with_certificate=True)
             assert status == 200 and uris == [REVIEWS_ID]
             assert upstream_handshakes(m) > 0, "mesh traffic is still mTLS"
         else:
-            assert plain == 200
+            assert plaintext_get(inbound, client) == 200
             assert mtls_get(m, inbound, with_certificate=True)[0] == 0, "no TLS is spoken at all"
             assert upstream_handshakes(m) == 0, "plaintext end to end"
+        if mode != "STRICT":
+            assert plaintext_get(inbound) == 403, "a plaintext caller that is no mesh workload reaches nothing"
+        if mode != "DISABLED":
+            assert mtls_get(m, inbound, with_certificate=True, service="intruder")[0] == 403, \
+                "a mesh identity no policy names is refused (RBAC)"

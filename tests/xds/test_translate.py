@@ -70,10 +70,15 @@ def spiffe(key: str) -> str:
     return f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/virtualservice/{name}"
 
 
-def http_service(key: str, *routes: ir.Route, mtls: ir.Mtls = ir.Mtls.PERMISSIVE) -> ir.Service:
-    """A service with one HTTP port, 8080, named ``<name>.shop.mesh``."""
+ANY_SERVICE = ir.Callers(all_services=True)
+
+
+def http_service(key: str, *routes: ir.Route, mtls: ir.Mtls = ir.Mtls.PERMISSIVE,
+                 callers: ir.Callers = ANY_SERVICE) -> ir.Service:
+    """A service with one HTTP port, 8080, named ``<name>.shop.mesh``; every service of the mesh may call it."""
     host = key.split("/")[1] + ".shop.mesh"
-    return ir.Service(key, MESH, spiffe(key), (host,), mtls, (ir.ServicePort(8080, ir.Protocol.HTTP, routes),))
+    return ir.Service(key, MESH, spiffe(key), (host,), mtls, (ir.ServicePort(8080, ir.Protocol.HTTP, routes),),
+                      callers)
 
 
 def deployment(key: str, service: str, *endpoints: str, port: int = 8080) -> ir.Deployment:
@@ -89,7 +94,7 @@ def route(*backends: tuple[str, int]) -> ir.Route:
 def canary() -> ir.MeshConfig:
     """catalog split 90/10 over two live deployments; frontend (egress only) calls it."""
     catalog = http_service("shop/catalog", route(("shop/catalog-v1", 90), ("shop/catalog-v2", 10)))
-    frontend = ir.Service("shop/frontend", MESH, spiffe("shop/frontend"), (), ir.Mtls.PERMISSIVE, ())
+    frontend = ir.Service("shop/frontend", MESH, spiffe("shop/frontend"), (), ir.Mtls.PERMISSIVE, (), ANY_SERVICE)
     deployments = (deployment("shop/catalog-v1", catalog.key, "127.0.0.11"),
                    deployment("shop/catalog-v2", catalog.key, "127.0.0.12"),
                    ir.Deployment("shop/frontend-v1", frontend.key, None, (), ("127.0.0.21",)))
@@ -211,8 +216,9 @@ def test_a_split_has_no_zero_weight_even_if_the_ir_had_one() -> None:
     broken = ir.MeshConfig(config.meshes, (zeroed, config.services[1]), config.deployments)
     resources = translate(broken, FRONTEND)
     check_invariants(resources, required_secrets(broken, FRONTEND))
-    [vhost] = by_name(resources, names.ROUTE_TYPE)[names.OUTBOUND_HTTP].virtual_hosts
+    vhost, other = by_name(resources, names.ROUTE_TYPE)[names.OUTBOUND_HTTP].virtual_hosts
     assert vhost.routes[0].direct_response.status == 503
+    assert other.name == names.OUTBOUND_OTHER
     assert not by_name(resources, names.CLUSTER_TYPE)
 
 
@@ -330,7 +336,10 @@ def idle_world(idle_by_deployment: dict[str, int | None]) -> Index:
          "spec": {"mesh": {"ref": {"name": "shop-mesh"}}, "hosts": ["catalog.shop.mesh"]}},
         {"apiVersion": api, "kind": "VirtualServiceRouteTable", "metadata": {"name": "routes", "namespace": "shop"},
          "spec": {"virtualService": {"ref": {"name": "catalog"}}, "routeRules": [{"httpRoute": {"destinations": [
-             {"virtualDeployment": {"ref": {"name": name}}, "weight": 1} for name in idle_by_deployment]}}]}}]
+             {"virtualDeployment": {"ref": {"name": name}}, "weight": 1} for name in idle_by_deployment]}}]}},
+        {"apiVersion": api, "kind": "AccessPolicy", "metadata": {"name": "all", "namespace": "shop"},
+         "spec": {"mesh": {"ref": {"name": "shop-mesh"}}, "rules": [
+             {"action": "ALLOW", "source": {"allVirtualServices": {}}, "destination": {"allVirtualServices": {}}}]}}]
     for name, idle_ms in idle_by_deployment.items():
         listener = {"protocol": "HTTP", "port": 8080} | ({} if idle_ms is None else {"idleTimeoutInMs": idle_ms})
         raw.append({"apiVersion": api, "kind": "VirtualDeployment", "metadata": {"name": name, "namespace": "shop"},
@@ -377,8 +386,9 @@ def tls_mesh(catalog_mode: ir.Mtls, frontend_mode: ir.Mtls = ir.Mtls.DISABLED) -
     and frontend (egress only) in ``frontend_mode``, in a mesh whose minimum is DISABLED."""
     ports = tuple(ir.ServicePort(n, p, (ir.Route("test rule", backends=(ir.Backend("shop/catalog-v1", n, 1),)),))
                   for n, p in sorted(CATALOG_PORTS.items()))
-    catalog = ir.Service("shop/catalog", MESH, spiffe("shop/catalog"), ("catalog.shop.mesh",), catalog_mode, ports)
-    frontend = ir.Service("shop/frontend", MESH, spiffe("shop/frontend"), (), frontend_mode, ())
+    catalog = ir.Service("shop/catalog", MESH, spiffe("shop/catalog"), ("catalog.shop.mesh",), catalog_mode, ports,
+                         ANY_SERVICE)
+    frontend = ir.Service("shop/frontend", MESH, spiffe("shop/frontend"), (), frontend_mode, (), ANY_SERVICE)
     deployments = (ir.Deployment("shop/catalog-v1", catalog.key, None,
                                  tuple(ir.Port(n, p, 0) for n, p in sorted(CATALOG_PORTS.items())), ("127.0.0.11",)),
                    ir.Deployment("shop/frontend-v1", frontend.key, None, (), ("127.0.0.21",)))
@@ -431,7 +441,8 @@ def test_strict_inbound_accepts_only_mutual_tls_from_the_mesh(port: int) -> None
 
 
 @pytest.mark.parametrize("port", MESH_TLS_PORTS)
-def test_permissive_inbound_has_a_mutual_tls_and_a_plaintext_chain_to_the_same_filters(port: int) -> None:
+def test_permissive_inbound_has_a_mutual_tls_and_a_plaintext_chain_to_the_same_application(port: int) -> None:
+    """Both chains end in the same filters but for who they admit: SPIFFE IDs over mTLS, addresses in plaintext."""
     listener, refs = inbound_listener(translate(tls_mesh(ir.Mtls.PERMISSIVE), CATALOG), port)
     assert [f.name for f in listener.listener_filters] == [messages.TLS_INSPECTOR_FILTER]
     assert listener.continue_on_listener_filters_timeout  # a silent plaintext client is not cut off
@@ -440,12 +451,29 @@ def test_permissive_inbound_has_a_mutual_tls_and_a_plaintext_chain_to_the_same_f
         "tls", "raw_buffer")
     check_mutual_tls_chain(tls)
     assert not plaintext.HasField("transport_socket")
-    assert serialized_filters(tls) == serialized_filters(plaintext)
+    assert without_rbac(tls) == without_rbac(plaintext)
     assert {(names.SECRET_TYPE, name) for name in CATALOG_SECRETS} <= refs
 
 
 def serialized_filters(chain: Any) -> list[bytes]:
     return [f.SerializeToString(deterministic=True) for f in chain.filters]
+
+
+def without_rbac(chain: Any) -> list[bytes]:
+    """A chain's filters, serialised, with access control (network or HTTP RBAC) taken out."""
+    kept = []
+    for f in chain.filters:
+        if f.name == messages.RBAC_NETWORK_FILTER:
+            continue
+        if f.name == messages.HCM_FILTER:
+            manager = unpack(f.typed_config, hcm_v3.HttpConnectionManager)
+            rest = [h for h in manager.http_filters if h.name != messages.RBAC_HTTP_FILTER]
+            del manager.http_filters[:]
+            manager.http_filters.extend(rest)
+            kept.append(manager.SerializeToString(deterministic=True))
+        else:
+            kept.append(f.SerializeToString(deterministic=True))
+    return kept
 
 
 @pytest.mark.parametrize("port", sorted(CATALOG_PORTS))
@@ -571,7 +599,8 @@ def service(draw: st.DrawFn, key: str, deployments: list[str]) -> ir.Service:
                                    tuple(backends), None if backends else draw(st.sampled_from([403, 503]))))
         ports.append(ir.ServicePort(number, PORTS[number], tuple(routes)))
     hosts = tuple(sorted(draw(st.sets(st.sampled_from(HOSTS), max_size=3))))
-    return ir.Service(key, MESH, spiffe(key), hosts, draw(MODES), tuple(ports))
+    callers = draw(st.sampled_from([ANY_SERVICE, ir.Callers(), ir.Callers(identities=(spiffe("shop/s0"),))]))
+    return ir.Service(key, MESH, spiffe(key), hosts, draw(MODES), tuple(ports), callers)
 
 
 def accepted_transports(resources: Sequence[Built]) -> dict[int, set[bool]]:
