@@ -36,6 +36,7 @@ from envoy.extensions.common.dynamic_forward_proxy.v3 import dns_cache_pb2 as dn
 from envoy.extensions.filters.http.dynamic_forward_proxy.v3 import dynamic_forward_proxy_pb2 as dfp_http_v3
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_http_v3
 from envoy.extensions.filters.http.router.v3 import router_pb2 as router_v3
+from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2 as original_dst_v3
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2 as tls_inspector_v3
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_v3
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as rbac_network_v3
@@ -61,6 +62,7 @@ SNI_DFP_FILTER = "envoy.filters.network.sni_dynamic_forward_proxy"
 DFP_CLUSTER = "envoy.clusters.dynamic_forward_proxy"
 CARES_RESOLVER = "envoy.network.dns_resolver.cares"
 TLS_INSPECTOR_FILTER = "envoy.filters.listener.tls_inspector"
+ORIGINAL_DST_FILTER = "envoy.filters.listener.original_dst"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 
@@ -320,18 +322,45 @@ def build_tls_inspector() -> Any:
 
 
 def build_filter_chain(filters: Iterable[Any], *, name: str = "", server_names: Sequence[str] = (),
-                       transport_protocol: str = "", transport_socket: Any = None) -> Any:
-    """A filter chain, matched by SNI (``server_names``) and/or by ``transport_protocol`` when given.
+                       transport_protocol: str = "", transport_socket: Any = None, destination_port: int | None = None,
+                       prefix_ranges: Sequence[str] = ()) -> Any:
+    """A filter chain, matched by SNI (``server_names``), ``transport_protocol``, the original destination's
+    port and network (``destination_port``, ``prefix_ranges`` as CIDRs: transparent capture) when given.
 
     ``transport_socket`` (from :func:`build_downstream_tls`) terminates TLS; None is plaintext.
     """
     chain = listener_components_v3.FilterChain(name=name, filters=list(filters))
-    if server_names or transport_protocol:
-        chain.filter_chain_match.CopyFrom(listener_components_v3.FilterChainMatch(
-            server_names=list(server_names), transport_protocol=transport_protocol))
+    if server_names or transport_protocol or destination_port is not None or prefix_ranges:
+        match = listener_components_v3.FilterChainMatch(server_names=list(server_names),
+                                                        transport_protocol=transport_protocol,
+                                                        prefix_ranges=[build_cidr(c) for c in prefix_ranges])
+        if destination_port is not None:
+            match.destination_port.value = destination_port
+        chain.filter_chain_match.CopyFrom(match)
     if transport_socket is not None:
         chain.transport_socket.CopyFrom(transport_socket)
     return chain
+
+
+def build_cidr(cidr: str) -> Any:
+    """A CidrRange from ``a.b.c.d/n`` (a bare address is a host: /32, or /128 for IPv6)."""
+    address, _, length = cidr.partition("/")
+    bits = int(length) if length else (128 if ":" in address else 32)
+    return address_v3.CidrRange(address_prefix=address, prefix_len=wrappers_pb2.UInt32Value(value=bits))
+
+
+def build_original_dst_filter() -> Any:
+    """The listener filter that restores a redirected connection's original destination (transparent capture),
+    so filter chains can match its port and address."""
+    return listener_components_v3.ListenerFilter(name=ORIGINAL_DST_FILTER,
+                                                 typed_config=pack(original_dst_v3.OriginalDst()))
+
+
+def build_original_dst_cluster(name: str) -> Any:
+    """A cluster that connects to wherever the downstream connection was going (allowed TCP egress)."""
+    return cluster_v3.Cluster(name=name, type=cluster_v3.Cluster.ORIGINAL_DST,
+                              connect_timeout=build_duration(CONNECT_TIMEOUT_MS),
+                              lb_policy=cluster_v3.Cluster.CLUSTER_PROVIDED)
 
 
 def build_listener(name: str, host: str, port: int, filter_chains: Iterable[Any], *, inbound: bool,
@@ -363,9 +392,7 @@ def build_identity_principal(*, exact: str = "", regex: str = "") -> Any:
 
 def build_address_principal(address: str) -> Any:
     """A caller whose connection comes directly from ``address`` (an IPv4 or IPv6 host address)."""
-    length = 128 if ":" in address else 32
-    cidr = address_v3.CidrRange(address_prefix=address, prefix_len=wrappers_pb2.UInt32Value(value=length))
-    return rbac_v3.Principal(direct_remote_ip=cidr)
+    return rbac_v3.Principal(direct_remote_ip=build_cidr(address))
 
 
 def _allow_rules(principals: Sequence[Any]) -> Any:

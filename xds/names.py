@@ -55,6 +55,12 @@ META_APP_PORTS = "meshplane.app_ports"  # explicit capture: {listener port: appl
 OUTBOUND_HTTP_PORT = 15001
 """Where applications send mesh HTTP traffic in explicit capture (the iptables target otherwise)."""
 
+OUTBOUND_CAPTURE_PORT = 15001
+"""Transparent capture: where iptables redirects the pod's outgoing TCP."""
+
+INBOUND_CAPTURE_PORT = 15003
+"""Transparent capture: where iptables redirects the pod's incoming TCP."""
+
 SIDECAR_PORTS = ir.SIDECAR_PORTS
 """Ports the sidecar keeps for itself (architecture §5): never bound for a mesh listener."""
 
@@ -71,6 +77,15 @@ EGRESS_HTTP_CLUSTER = "egress|http"
 
 EGRESS_TLS_CLUSTER = "egress|tls"
 """The forward-proxy cluster reaching allowed external TLS hosts (resolved from the SNI, passed through)."""
+
+EGRESS_TCP_CLUSTER = "egress|tcp"
+"""Transparent capture: the original-destination cluster for allowed TCP egress (by address and port)."""
+
+OUTBOUND_CAPTURE = "outbound|capture"
+"""Transparent capture: the one outbound listener (15001), its chains chosen by original destination."""
+
+INBOUND_CAPTURE = "inbound|capture"
+"""Transparent capture: the one inbound listener (15003), a chain per deployment port."""
 
 EGRESS_DNS_CACHE = "egress"
 """The DNS cache both egress clusters and their filters share (one name, one configuration)."""

@@ -505,7 +505,13 @@ def _l4_chain(service: ir.Service, port: ir.ServicePort, server_names: Sequence[
 
 
 def translate_proxy(config: ir.MeshConfig, workload: ir.Workload, resolvers: Resolvers = ()) -> Resources:
-    """What only this proxy gets: its inbound side and its outbound listeners (bound to its address)."""
+    """What only this proxy gets: its inbound side and its outbound listeners.
+
+    Explicit capture: listeners bound to the workload's address, one per port. Transparent capture: the
+    two listeners iptables redirects to (:func:`translate_transparent`).
+    """
+    if workload.capture is ir.Capture.TRANSPARENT:
+        return translate_transparent(config, workload, resolvers)
     return merge(translate_inbound(config, workload), translate_outbound_listeners(config, workload, resolvers))
 
 
@@ -525,6 +531,8 @@ def translate_inbound(config: ir.MeshConfig, workload: ir.Workload) -> Resources
 
 def _bound_ports(deployment: ir.Deployment, workload: ir.Workload) -> list[tuple[ir.Port, int]]:
     """The deployment's ports this proxy binds, with their application ports (mapped, not the sidecar's)."""
+    if workload.capture is ir.Capture.TRANSPARENT:  # the application listens on the port itself
+        return [(port, port.number) for port in deployment.ports if port.number not in names.SIDECAR_PORTS]
     app_ports = dict(workload.app_ports)
     return [(port, app_ports[port.number]) for port in deployment.ports
             if port.number in app_ports and port.number not in names.SIDECAR_PORTS]
@@ -533,24 +541,41 @@ def _bound_ports(deployment: ir.Deployment, workload: ir.Workload) -> list[tuple
 def _inbound(config: ir.MeshConfig, service: ir.Service, address: str, port: ir.Port,
              app_port: int) -> tuple[Built, Built]:
     """One port's listener (plaintext, mutual TLS, or both by the TLS inspector) and its application cluster."""
+    inbound = _inbound_port(config, service, address, port, app_port)
+    listener = messages.build_listener(inbound.name, address, port.number, inbound.chains, inbound=True,
+                                       listener_filters=[messages.build_tls_inspector()] if inbound.permissive else [],
+                                       continue_on_filter_timeout=inbound.permissive)
+    return inbound.cluster, Built(names.LISTENER_TYPE, inbound.name, listener, inbound.refs)
+
+
+@dataclass(frozen=True)
+class _InboundPort:
+    """What one inbound port needs, whichever listener carries it: its chains and its application cluster."""
+
+    name: str
+    cluster: Built
+    chains: list[Any]
+    permissive: bool  # needs the TLS inspector
+    refs: frozenset[Ref]
+
+
+def _inbound_port(config: ir.MeshConfig, service: ir.Service, address: str, port: ir.Port, app_port: int, *,
+                  destination_port: int | None = None) -> _InboundPort:
     tls = _proxy_tls(config, service.mesh, service.identity)
     name = names.inbound(port.number)
     cluster = messages.build_static_cluster(name, address, app_port, upstream=_upstream(port.protocol))
     effective = service.mtls if _mesh_tls(service.mtls, port.protocol) else ir.Mtls.DISABLED
-    permissive = effective is ir.Mtls.PERMISSIVE
     by_certificate = inbound_filters(port, name, _identity_principals(config, service))
     by_address = inbound_filters(port, name, _address_principals(config, service))
-    chains = _inbound_chains(name, effective, tls, by_certificate=by_certificate, by_address=by_address)
-    listener = messages.build_listener(name, address, port.number, chains, inbound=True,
-                                       listener_filters=[messages.build_tls_inspector()] if permissive else [],
-                                       continue_on_filter_timeout=permissive)
+    chains = _inbound_chains(name, effective, tls, by_certificate=by_certificate, by_address=by_address,
+                             destination_port=destination_port)
     refs = {(names.CLUSTER_TYPE, name)} | (tls.refs if effective is not ir.Mtls.DISABLED else set())
-    return (Built(names.CLUSTER_TYPE, name, cluster),
-            Built(names.LISTENER_TYPE, name, listener, frozenset(refs)))
+    return _InboundPort(name, Built(names.CLUSTER_TYPE, name, cluster), chains, effective is ir.Mtls.PERMISSIVE,
+                        frozenset(refs))
 
 
 def _inbound_chains(name: str, mode: ir.Mtls, tls: _ProxyTls, *, by_certificate: Sequence[Any],
-                    by_address: Sequence[Any]) -> list[Any]:
+                    by_address: Sequence[Any], destination_port: int | None = None) -> list[Any]:
     """The filter chains of an inbound listener: mutual TLS ones end in ``by_certificate``, plaintext ones
     in ``by_address`` (the same filters, admitting callers by SPIFFE ID or by workload address).
 
@@ -558,16 +583,17 @@ def _inbound_chains(name: str, mode: ir.Mtls, tls: _ProxyTls, *, by_certificate:
     TLS, and a plaintext chain for the rest. DISABLED: one plaintext chain. At the TLS layer every
     identity of the trust domain is let in; access policies decide which may call (RBAC in the filters).
     """
+    port = destination_port
     if mode is ir.Mtls.DISABLED:
-        return [messages.build_filter_chain(by_address, name=name)]
+        return [messages.build_filter_chain(by_address, name=name, destination_port=port)]
     members = messages.build_uri_san_matcher(prefix=f"spiffe://{tls.trust_domain}/")
     socket = messages.build_downstream_tls(tls.context(members))
     if mode is ir.Mtls.STRICT:
-        return [messages.build_filter_chain(by_certificate, name=name, transport_socket=socket)]
+        return [messages.build_filter_chain(by_certificate, name=name, transport_socket=socket, destination_port=port)]
     return [messages.build_filter_chain(by_certificate, name=f"{name}|mtls", transport_protocol=messages.TLS_PROTOCOL,
-                                        transport_socket=socket),
+                                        transport_socket=socket, destination_port=port),
             messages.build_filter_chain(by_address, name=f"{name}|plaintext",
-                                        transport_protocol=messages.PLAINTEXT_PROTOCOL)]
+                                        transport_protocol=messages.PLAINTEXT_PROTOCOL, destination_port=port)]
 
 
 def _identity_principals(config: ir.MeshConfig, service: ir.Service) -> list[Any]:
@@ -723,6 +749,7 @@ class _EgressPlan:
 
     http: tuple[ir.External, ...] = ()
     tls: tuple[tuple[int, tuple[str, ...]], ...] = ()
+    tcp: tuple[tuple[int | None, tuple[str, ...]], ...] = ()  # (port or None = every port, CIDRs)
 
 
 def _egress(config: ir.MeshConfig, mesh: str, identity: str) -> _EgressPlan:
@@ -742,7 +769,19 @@ def _egress(config: ir.MeshConfig, mesh: str, identity: str) -> _EgressPlan:
                 hosts = tls.setdefault(port, [])
                 hosts += [h for h in external.hosts if h not in hosts]
     http = tuple(e for e in allowed if e.protocol is ir.Egress.HTTP)
-    return _EgressPlan(http, tuple(sorted((port, tuple(hosts)) for port, hosts in tls.items())))
+    return _EgressPlan(http, tuple(sorted((port, tuple(hosts)) for port, hosts in tls.items())), _tcp_egress(allowed))
+
+
+def _tcp_egress(allowed: Iterable[ir.External]) -> tuple[tuple[int | None, tuple[str, ...]], ...]:
+    """Allowed TCP destinations grouped by port (None: every port), CIDRs merged and sorted: one filter
+    chain each, so no two chains of the capture listener have the same match."""
+    by_port: dict[int | None, set[str]] = {}
+    for external in allowed:
+        if external.protocol is ir.Egress.TCP:
+            for port in external.ports or (None,):
+                by_port.setdefault(port, set()).update(external.cidrs)
+    return tuple(sorted(((port, tuple(sorted(cidrs))) for port, cidrs in by_port.items()),
+                        key=lambda item: (item[0] is None, item[0] or 0)))
 
 
 def _egress_clusters(egress: _EgressPlan, resolvers: Resolvers) -> list[Built]:
@@ -784,3 +823,96 @@ def _host_regex(host: str) -> str:
     if host.startswith("*."):
         return r"[^:/]+\." + host[2:].replace(".", r"\.")
     return host.replace(".", r"\.")
+
+
+# --------------------------------------------------------------------------- transparent capture
+
+
+def translate_transparent(config: ir.MeshConfig, workload: ir.Workload, resolvers: Resolvers = ()) -> Resources:
+    """The two listeners iptables redirects a pod's TCP to, and the inbound application clusters.
+
+    ``inbound|capture`` (15003): the original destination's port picks the chain of that deployment
+    port (secured and access-checked exactly as in explicit capture); a port the deployment does not
+    serve has no chain, so the connection is closed. ``outbound|capture`` (15001): mesh TCP and TLS
+    ports and allowed external TLS hosts by destination port (and SNI), allowed TCP egress by
+    destination network and port (passed to the original destination), and everything else to the
+    HTTP connection manager routing by Host — which answers 403 to anything no policy allows, and
+    closes a connection that is not HTTP. Nothing is ever passed through unchecked.
+    """
+    deployment = config.deployment(workload.deployment)
+    service = service_of(config, workload)
+    if deployment is None or service is None:
+        return ()
+    inbound = [_inbound_port(config, service, workload.address, port, app_port, destination_port=port.number)
+               for port, app_port in _bound_ports(deployment, workload)]
+    listeners = [_outbound_capture_listener(config, service, resolvers)]
+    if inbound:
+        listeners.append(_inbound_capture_listener(inbound))
+    egress: list[Built] = []
+    if _egress(config, service.mesh, service.identity).tcp:  # per proxy: explicit capture has no use for it
+        egress.append(Built(names.CLUSTER_TYPE, names.EGRESS_TCP_CLUSTER,
+                            messages.build_original_dst_cluster(names.EGRESS_TCP_CLUSTER)))
+    return merge([i.cluster for i in inbound], listeners, egress)
+
+
+def _inbound_capture_listener(ports: Sequence[_InboundPort]) -> Built:
+    permissive = any(p.permissive for p in ports)
+    filters = [messages.build_original_dst_filter()] + ([messages.build_tls_inspector()] if permissive else [])
+    chains = [chain for p in ports for chain in p.chains]
+    listener = messages.build_listener(names.INBOUND_CAPTURE, "0.0.0.0", names.INBOUND_CAPTURE_PORT, chains,
+                                       inbound=True, listener_filters=filters, continue_on_filter_timeout=permissive)
+    return Built(names.LISTENER_TYPE, names.INBOUND_CAPTURE, listener, frozenset().union(*(p.refs for p in ports)))
+
+
+def _outbound_capture_listener(config: ir.MeshConfig, service: ir.Service, resolvers: Resolvers) -> Built:
+    _, l4 = _plans(config, service.mesh, service.identity)
+    egress = _egress(config, service.mesh, service.identity)
+    cache = messages.build_dns_cache(names.EGRESS_DNS_CACHE, resolvers)
+    tls_egress = {n: hosts for n, hosts in egress.tls if n not in _mesh_tcp_ports(config, service.mesh)}
+    chains: list[Any] = []
+    refs: set[Ref] = {(names.ROUTE_TYPE, names.OUTBOUND_HTTP)}
+    for number in sorted(set(l4) | set(tls_egress)):
+        protocol, port_chains = l4.get(number, (ir.Protocol.TLS_PASSTHROUGH, []))
+        port_listener = _l4_listener("0.0.0.0", number, protocol, port_chains,
+                                     _EgressChain(tls_egress.get(number, ()), cache))
+        built: Any = port_listener.message
+        chains += [_on_port(chain, number) for chain in built.filter_chains]
+        refs |= port_listener.refs
+    for port, cidrs in _tcp_chains(egress.tcp, set(l4) | set(tls_egress)):
+        proxy = messages.build_tcp_proxy(f"egress|tcp|{port or 'any'}", [(names.EGRESS_TCP_CLUSTER, 1)])
+        chains.append(messages.build_filter_chain([proxy], name=f"egress|tcp|{port or 'any'}", destination_port=port,
+                                                  prefix_ranges=cidrs))
+        refs.add((names.CLUSTER_TYPE, names.EGRESS_TCP_CLUSTER))
+    http_filters = [messages.build_forward_proxy_http_filter(cache)] if egress.http else []
+    manager = messages.build_http_connection_manager(names.OUTBOUND_HTTP, rds=names.OUTBOUND_HTTP,
+                                                     http_filters=http_filters)
+    chains.append(messages.build_filter_chain([manager], name=names.OUTBOUND_HTTP))
+    sni = bool(tls_egress) or any(protocol is ir.Protocol.TLS_PASSTHROUGH for protocol, _ in l4.values())
+    # the TLS inspector reads SNI, and only TLS ports need it (it would hold a silent server-first client)
+    listener_filters = [messages.build_original_dst_filter()] + ([messages.build_tls_inspector()] if sni else [])
+    listener = messages.build_listener(names.OUTBOUND_CAPTURE, "0.0.0.0", names.OUTBOUND_CAPTURE_PORT,
+                                       chains, inbound=False, listener_filters=listener_filters)
+    return Built(names.LISTENER_TYPE, names.OUTBOUND_CAPTURE, listener, frozenset(refs))
+
+
+def _tcp_chains(tcp: Sequence[tuple[int | None, tuple[str, ...]]], chained: set[int]
+                ) -> list[tuple[int | None, tuple[str, ...]]]:
+    """TCP egress chains: per port, and for every port (None). Envoy matches the destination port before
+    the address, so networks allowed on every port are repeated on each port other chains match;
+    otherwise a connection to such a network on a mesh port would go to the mesh service instead."""
+    by_port = {port: set(cidrs) for port, cidrs in tcp}
+    anywhere = by_port.get(None, set())
+    if anywhere:
+        for port in chained | {p for p in by_port if p is not None}:
+            by_port.setdefault(port, set()).update(anywhere)
+    return sorted(((port, tuple(sorted(cidrs))) for port, cidrs in by_port.items()),
+                  key=lambda item: (item[0] is None, item[0] or 0))
+
+
+def _on_port(chain: Any, number: int) -> Any:
+    """A copy of an L4 filter chain that also requires the original destination port ``number``."""
+    copy = type(chain)()
+    copy.CopyFrom(chain)
+    copy.filter_chain_match.destination_port.value = number
+    copy.name = f"{copy.name}|{number}"
+    return copy
