@@ -19,10 +19,11 @@ from typing import Any, TextIO
 
 import yaml
 
-from meshplane.controlplane import crdfiles, crdgen, echo, manifests, sidecar
+from meshplane.controlplane import crdfiles, crdgen, echo, manifests, proxyagent, sidecar
 from meshplane.controlplane.manifests import Finding
 from meshplane.controlplane.validation import validate
 from meshplane.controlplane.world import Index
+from meshplane.injector import iptables
 from meshplane.xds.bootstrap import render_bootstrap
 
 
@@ -48,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_echo(commands)
     _add_demo(commands)
     _add_crds(commands)
+    iptables.add_parser(commands)
+    proxyagent.add_parser(commands)
     return parser
 
 
@@ -76,6 +79,12 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument("--egress-dns", action="append", default=[], metavar="HOST:PORT",
                        help="a DNS server sidecars use for external host names an access policy allows "
                        "(repeatable; default: the system's resolvers)")
+    serve.add_argument("--webhook-address", metavar="HOST:PORT",
+                       help="serve the admission webhooks (pod injection, validation) over HTTPS here")
+    serve.add_argument("--sidecar-image", default="meshplane:latest",
+                       help="the image injected pods run as their init container and sidecar")
+    serve.add_argument("--proxy-xds-address", metavar="HOST:PORT",
+                       help="the control plane's address as injected sidecars dial it (default: --xds-address)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(run=_serve)
 
@@ -153,7 +162,9 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"meshplane serve: {exc}", file=err)
         return 2
     options = serve.Options(args.config_dir, args.state_dir, args.xds_address, args.admin_address, timing,
-                            cert_ttl=timedelta(seconds=args.cert_ttl), egress_dns=resolvers)
+                            cert_ttl=timedelta(seconds=args.cert_ttl), egress_dns=resolvers,
+                            webhook_address=args.webhook_address, sidecar_image=args.sidecar_image,
+                            proxy_xds_address=args.proxy_xds_address)
     asyncio.run(serve.run(options))
     return 0
 

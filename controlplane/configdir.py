@@ -22,10 +22,11 @@ Reading the files is the only I/O; :meth:`ConfigDir.sync` reports whether anythi
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from meshplane.controlplane import manifests, status
 from meshplane.controlplane.manifests import Finding, Source
@@ -48,6 +49,7 @@ class ConfigDir:
     world: Index = field(default_factory=lambda: Index(authoritative=True, knows_services=False))
     rejected: dict[ObjectKey, list[Finding]] = field(default_factory=dict)
     file_findings: list[Finding] = field(default_factory=list)
+    namespaces: dict[str, dict[str, str]] = field(default_factory=dict)  # v1 Namespace name → its labels
     _fingerprint: tuple[tuple[str, int, int], ...] = ()
 
     def sync(self, *, force: bool = False) -> bool:
@@ -61,6 +63,8 @@ class ConfigDir:
         for finding in loaded.findings:
             log.warning("%s: %s", finding.source, finding.line())
         before = {o.key: o for o in self.world.all()}
+        self.world.set_services(loaded.services)
+        self.namespaces = _namespaces(loaded.others)
         self._apply(loaded.objects)
         return {o.key: o for o in self.world.all()} != before
 
@@ -146,3 +150,15 @@ def _with_metadata(old: AnyObject | None, new: AnyObject) -> AnyObject:
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _namespaces(others: list[tuple[Source, Mapping[str, Any]]]) -> dict[str, dict[str, str]]:
+    """The v1 Namespaces among the other documents, with their labels (what injection decides on)."""
+    found: dict[str, dict[str, str]] = {}
+    for _, raw in others:
+        metadata = raw.get("metadata")
+        if raw.get("apiVersion") == "v1" and raw.get("kind") == "Namespace" and isinstance(metadata, Mapping):
+            labels = metadata.get("labels") or {}
+            if isinstance(metadata.get("name"), str) and isinstance(labels, Mapping):
+                found[metadata["name"]] = {str(k): str(v) for k, v in labels.items()}
+    return found

@@ -897,6 +897,8 @@ def parse_metadata(raw: Any) -> tuple[Metadata | None, list[Problem]]:
     if not isinstance(generation, int):
         problems.append(error("metadata.generation", "must be an integer"))
     finalizers = raw.get("finalizers") or ()
+    if not isinstance(finalizers, list | tuple) or not all(isinstance(x, str) for x in finalizers):
+        problems.append(error("metadata.finalizers", "must be a list of strings"))
     if problems:
         return None, problems
     return Metadata(

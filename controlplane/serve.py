@@ -28,12 +28,14 @@ from typing import Any
 from google.protobuf import json_format
 
 from meshplane.controlplane import admin, ir, state, wire, xdsauth
+from meshplane.controlplane.admission import StandaloneAdmission
 from meshplane.controlplane.configdir import ConfigDir
 from meshplane.controlplane.credentials import DEFAULT_TTL, Credentials
 from meshplane.controlplane.model import ConditionStatus, Kind, ObjectKey
 from meshplane.controlplane.reconcile import Controller, Timing
 from meshplane.controlplane.status import DataPlaneState
 from meshplane.controlplane.world import resolve
+from meshplane.injector import inject, webhook
 from meshplane.xds import names
 from meshplane.xds.cache import InconsistentSnapshotError, Snapshot, SnapshotCache
 from meshplane.xds.resources import Resource, TypeUrl
@@ -56,6 +58,9 @@ class Options:
     restart_grace: float = 30.0  # how long workloads of a previous run stay endpoints while they reconnect
     cert_ttl: timedelta = DEFAULT_TTL  # lifetime of workload certificates (renewed at 2/3)
     egress_dns: tuple[tuple[str, int], ...] = ()  # DNS servers for allowed external hosts (empty: the system's)
+    webhook_address: str | None = None  # HOST:PORT of the admission webhooks (HTTPS); None: not served
+    sidecar_image: str = "meshplane:latest"  # what injected pods run as init container and sidecar
+    proxy_xds_address: str | None = None  # what injected sidecars dial (default: xds_address)
 
 
 class Renderer:
@@ -150,6 +155,8 @@ class ControlPlane:
         self.xds_port = 0
         self.admin_port = 0
         self._runner: Any = None
+        self._webhook_runner: Any = None
+        self.webhook_port = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._streams: dict[int, str] = {}
         self._unpublished: dict[str, str] = {}  # node id → why its latest snapshot was not published
@@ -166,6 +173,8 @@ class ControlPlane:
                                                   credentials=credentials)
         host, port = _split(self.options.admin_address)
         self._runner, self.admin_port = await admin.start(admin.create_app(self._views()), host, port)
+        if self.options.webhook_address is not None:
+            await self._start_webhooks(self.options.webhook_address)
         self._tasks = [asyncio.create_task(self.controller.run()), asyncio.create_task(self._poll()),
                        asyncio.create_task(self._renewals())]
         log.info("meshplane serving %s: xDS on port %d, admin on port %d", self.options.config_dir, self.xds_port,
@@ -181,6 +190,24 @@ class ControlPlane:
             await self.xds.stop(grace)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._webhook_runner is not None:
+            await self._webhook_runner.cleanup()
+
+    async def _start_webhooks(self, address: str) -> None:
+        """The admission webhooks over HTTPS, with a certificate from the control plane's own CA.
+
+        Injected sidecars dial ``proxy_xds_address`` (default: the xDS address) and check the control
+        plane's certificate for its host.
+        """
+        host, port = _split(address)
+        dial = self.options.proxy_xds_address or self.options.xds_address
+        dial_host, _ = _split(dial)
+        settings = inject.Settings(self.options.sidecar_image, dial)
+        context = StandaloneAdmission(self.source, self.options.state_dir, settings, dial_host)
+        tls = webhook.server_ssl_context(xdsauth.authority(self.options.state_dir), [host],
+                                         self.options.state_dir / "webhook")
+        self._webhook_runner, self.webhook_port = await webhook.start(webhook.create_app(context), host, port, tls)
+        log.info("admission webhooks on port %d", self.webhook_port)
 
     # ------------------------------------------------------------------------------ wiring
 

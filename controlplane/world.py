@@ -146,6 +146,10 @@ class Index:
     def put_service(self, svc: KubeService) -> None:
         self._services[(svc.namespace, svc.name)] = svc
 
+    def set_services(self, services: Iterable[KubeService]) -> None:
+        """Replace every core Service with ``services`` (a source that re-reads them all)."""
+        self._services = {(svc.namespace, svc.name): svc for svc in services}
+
     def get(self, key: ObjectKey) -> AnyObject | None:
         return self._by_kind[key.kind].get(key)
 

@@ -164,3 +164,11 @@ def test_openapi_schema_states_what_the_parser_enforces() -> None:
     assert too_big.message == "must be between 1 and 2147483647; got 2147483648"
     assert wire.parse(_Sample, {"count": 1, "wirename": "long"}, "x")[1][0].path == "x.wirename"
     assert wire.dump(_Sample(count=1)) == {"count": 1}
+
+
+@pytest.mark.parametrize("finalizers", [5, "finalizer", [1], {"a": "b"}])
+def test_malformed_finalizers_are_a_problem_not_a_crash(finalizers: Any) -> None:
+    raw = {"apiVersion": "servicemesh.oci.oracle.com/v1beta1", "kind": "Mesh",
+           "metadata": {"name": "shop", "namespace": "shop", "finalizers": finalizers}, "spec": {}}
+    obj, problems = parse_object(raw)
+    assert obj is None and [p.path for p in problems] == ["metadata.finalizers"]
