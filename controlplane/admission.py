@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from meshplane.controlplane.model import AnyObject, Kind
 from meshplane.controlplane.status import is_ready
 from meshplane.controlplane.world import World, id_of, resolve
 from meshplane.injector import inject
+from meshplane.injector.ca import CertificateAuthority
 
 SECRET_PREFIX = "meshplane-proxy-"
 
@@ -37,6 +38,7 @@ class StandaloneAdmission:
     state_dir: Path
     injection: inject.Settings | None
     xds_server_name: str  # the name or address the proxies' TLS checks on the control plane's certificate
+    _ca: CertificateAuthority | None = field(default=None, init=False, repr=False)
 
     def world(self) -> World:
         return self.source.world
@@ -55,9 +57,12 @@ class StandaloneAdmission:
         """Issue the proxy's xDS client credentials under ``<state-dir>/proxies/<node id>/``.
 
         In Kubernetes mode these files become the Secret the patch mounts; standalone, a sidecar's
-        agent is pointed at the folder itself. Thread-safe: every file is written atomically.
+        agent is pointed at the folder itself. Thread-safe: every file is written atomically, and the
+        CA (loaded once, on first use) only signs.
         """
-        xdsauth.issue_proxy(self.state_dir, node_id, deployment, self.xds_server_name)
+        if self._ca is None:
+            self._ca = xdsauth.authority(self.state_dir)
+        xdsauth.issue_proxy(self.state_dir, node_id, deployment, self.xds_server_name, ca=self._ca)
         return secret_name(node_id)
 
 

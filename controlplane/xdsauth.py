@@ -49,18 +49,22 @@ def server_credentials(state_dir: Path, host: str) -> grpc.ServerCredentials:
                                        root_certificates=ca.trust_bundle_pem(), require_client_auth=True)
 
 
-def issue_proxy(state_dir: Path, node_id: str, deployment: str, server: str) -> XdsTls:
-    """A proxy's xDS client credentials, written under ``<state-dir>/proxies/<node id>/``."""
-    ca = authority(state_dir)
+def issue_proxy(state_dir: Path, node_id: str, deployment: str, server: str, *,
+                ca: CertificateAuthority | None = None) -> XdsTls:
+    """A proxy's xDS client credentials, written under ``<state-dir>/proxies/<node id>/``.
+
+    ``ca`` is :func:`authority` of ``state_dir``, loaded once by a caller that issues many (the
+    injector); without it the CA is read from its files.
+    """
+    ca = ca or authority(state_dir)
     issued, key = ca.issue_xds_client(node_id, LIFETIME)
-    folder = state_dir / "proxies" / node_id
+    folder = (state_dir / "proxies" / node_id).resolve()
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_atomic(folder / "key.pem", key.pem().reveal(), 0o600)
     write_atomic(folder / "cert.pem", issued.chain_pem)
     write_atomic(folder / "ca.pem", ca.trust_bundle_pem())
     write_atomic(folder / "deployment", deployment.encode())
-    return XdsTls(str((folder / "cert.pem").resolve()), str((folder / "key.pem").resolve()),
-                  str((folder / "ca.pem").resolve()), server)
+    return XdsTls(str(folder / "cert.pem"), str(folder / "key.pem"), str(folder / "ca.pem"), server)
 
 
 def check_peer(peer: Peer | None, workload: ir.Workload, state_dir: Path) -> None:
