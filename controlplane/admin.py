@@ -15,12 +15,13 @@ xDS internals; it only turns their JSON-compatible results into responses.
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+
+from meshplane.controlplane.sockets import bind
 
 
 @dataclass(frozen=True)
@@ -69,14 +70,3 @@ async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunn
     await runner.setup()
     await web.SockSite(runner, sock).start()
     return runner, int(sock.getsockname()[1])
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port (IPv4 or IPv6), so the caller knows the port it got."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host.strip("[]"), port))
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock

@@ -10,7 +10,7 @@ import asyncio
 
 from aiohttp import web
 
-from meshplane.controlplane.admin import bind
+from meshplane.controlplane.sockets import bind
 
 NAME = web.AppKey("name", str)
 

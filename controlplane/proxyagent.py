@@ -45,6 +45,7 @@ from cryptography import x509
 from yarl import URL
 
 from meshplane.controlplane import admin, ir, sidecar, xdsauth
+from meshplane.controlplane.sockets import is_ip as _is_ip
 from meshplane.injector import iptables
 from meshplane.injector.pki import CAError, spiffe_id_for_xds_node
 from meshplane.xds import names
@@ -391,14 +392,6 @@ async def _resolved(spec: BootstrapSpec) -> BootstrapSpec:
     except OSError as exc:
         raise AgentError(f"cannot resolve the control plane's host {spec.xds_host}: {exc}") from None
     return replace(spec, xds_host=str(found[0][4][0]))
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _prepare(spec: BootstrapSpec, private: Path, owner: tuple[int, int] | None) -> Path:

@@ -25,6 +25,7 @@ from pathlib import Path
 import grpc
 
 from meshplane.controlplane import ir
+from meshplane.controlplane.sockets import is_ip as _is_ip
 from meshplane.controlplane.state import write_atomic
 from meshplane.injector.ca import CertificateAuthority, spiffe_id_for_xds_node
 from meshplane.xds.bootstrap import XdsTls
@@ -80,11 +81,3 @@ def check_peer(peer: Peer | None, workload: ir.Workload, state_dir: Path) -> Non
     if issued_for != workload.deployment:
         raise StreamRefusedError(f"node {workload.node_id!r} claims virtual deployment {workload.deployment}, but its "
                                  f"certificate was issued for {issued_for or 'another deployment'}")
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True

@@ -62,11 +62,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import json
 import logging
 import re
-import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -78,6 +76,8 @@ from aiohttp import web
 
 from meshplane.controlplane.model import API_GROUP, AnyObject, Kind, ObjectKey, parse_object
 from meshplane.controlplane.problems import Problem, error
+from meshplane.controlplane.sockets import bind as _bind
+from meshplane.controlplane.sockets import is_ip as _is_ip
 from meshplane.controlplane.state import write_atomic
 from meshplane.controlplane.validation import validate
 from meshplane.controlplane.world import World
@@ -206,24 +206,6 @@ def install_certificate(context: ssl.SSLContext, ca: CertificateAuthority, hosts
     write_atomic(workdir / CERT_FILE, issued.chain_pem)
     context.load_cert_chain(workdir / CERT_FILE, workdir / KEY_FILE)
     return issued
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host.strip("[]"), port))
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 async def _healthz(request: web.Request) -> web.Response:
