@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from meshplane.controlplane import ir
+from meshplane.controlplane.gateways import build_gateways
 from meshplane.controlplane.identity import key_of, service_identity, trust_domain
 from meshplane.controlplane.model import (
     AnyObject,
@@ -72,6 +73,7 @@ class _Build:
 
 def build(world: World, workloads: Iterable[ir.Workload] = ()) -> tuple[ir.MeshConfig, Problems]:
     """The IR of every served object, and the problems found (keyed by object)."""
+    workloads = list(workloads)
     ctx = _Build(world, _endpoints(workloads))
     for mesh in world.objects(Kind.MESH):
         ctx.meshes[key_of(mesh)] = ir.Mesh(key_of(mesh), trust_domain(mesh), _mesh_minimum(mesh))
@@ -84,8 +86,19 @@ def build(world: World, workloads: Iterable[ir.Workload] = ()) -> tuple[ir.MeshC
     access = _access(ctx)
     services = tuple(_service(ctx, vs, access.callers_of(key)) for key, vs in ctx.services.items())
     meshes = tuple(replace(m, egress=tuple(access.egress.get(m.key, ()))) for m in ctx.meshes.values())
-    config = ir.MeshConfig(meshes, services, tuple(ctx.deployments.values()))
+    gateways, problems = build_gateways(world, ctx.meshes, {s.key: s for s in services}, _gateway_endpoints(workloads))
+    for obj_key, found in problems.items():
+        ctx.problems.setdefault(obj_key, []).extend(found)
+    config = ir.MeshConfig(meshes, services, tuple(ctx.deployments.values()), gateways)
     return config, ctx.problems
+
+
+def _gateway_endpoints(workloads: Iterable[ir.Workload]) -> dict[str, tuple[str, ...]]:
+    found: dict[str, set[str]] = {}
+    for workload in workloads:
+        if workload.gateway is not None:
+            found.setdefault(workload.gateway, set()).add(workload.address)
+    return {key: tuple(sorted(addresses)) for key, addresses in found.items()}
 
 
 def _access(ctx: _Build) -> Access:

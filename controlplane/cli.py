@@ -96,7 +96,10 @@ def _add_bootstrap(commands: Any) -> None:
                                "HTTP on POD_IP:15001 routed by the Host header. Run it with: envoy -c FILE --base-id N")
     boot.add_argument("--state-dir", type=Path, required=True, help="the state directory of meshplane serve")
     boot.add_argument("--xds-address", required=True, metavar="HOST:PORT", help="the control plane's xDS address")
-    boot.add_argument("--virtual-deployment", required=True, metavar="NAMESPACE/NAME")
+    which = boot.add_mutually_exclusive_group(required=True)
+    which.add_argument("--virtual-deployment", metavar="NAMESPACE/NAME", help="a sidecar of this deployment")
+    which.add_argument("--ingress-gateway", metavar="NAMESPACE/NAME",
+                       help="a proxy of this ingress gateway (it listens on the gateway's ports at --pod-ip)")
     boot.add_argument("--pod-ip", required=True, metavar="IP", help="the workload's own address (e.g. 127.0.0.11)")
     boot.add_argument("--app-port", action="append", default=[], metavar="LISTENER_PORT=APP_PORT",
                       help="where the application listens for each listener of the deployment (repeatable)")
@@ -171,10 +174,15 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _bootstrap(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
-        spec = sidecar.bootstrap_spec(
-            state_dir=args.state_dir, xds_address=args.xds_address, deployment=args.virtual_deployment,
-            pod_ip=args.pod_ip, app_ports=args.app_port, admin_port=args.admin_port, node_id=args.node_id,
-            delta=args.delta, wait=args.wait)
+        if args.ingress_gateway is not None:
+            spec = sidecar.gateway_spec(state_dir=args.state_dir, xds_address=args.xds_address,
+                                        gateway=args.ingress_gateway, pod_ip=args.pod_ip, admin_port=args.admin_port,
+                                        node_id=args.node_id, delta=args.delta, wait=args.wait)
+        else:
+            spec = sidecar.bootstrap_spec(
+                state_dir=args.state_dir, xds_address=args.xds_address, deployment=args.virtual_deployment,
+                pod_ip=args.pod_ip, app_ports=args.app_port, admin_port=args.admin_port, node_id=args.node_id,
+                delta=args.delta, wait=args.wait)
     except sidecar.BootstrapError as exc:
         print(f"meshplane bootstrap: {exc}", file=err)
         return 1

@@ -64,6 +64,7 @@ class ConfigDir:
             log.warning("%s: %s", finding.source, finding.line())
         before = {o.key: o for o in self.world.all()}
         self.world.set_services(loaded.services)
+        self.world.set_secrets(loaded.secrets)
         self.namespaces = _namespaces(loaded.others)
         self._apply(loaded.objects)
         return {o.key: o for o in self.world.all()} != before

@@ -212,15 +212,86 @@ class Service:
         return min((p.number for p in self.ports if p.protocol.is_http), default=None)
 
 
+class ListenerTls(enum.StrEnum):
+    """TLS on a gateway listener (spec §3.6)."""
+
+    DISABLED = "DISABLED"  # plaintext only
+    PERMISSIVE = "PERMISSIVE"  # plaintext or TLS (client certificates checked when a CA bundle is given)
+    TLS = "TLS"  # TLS only
+    MUTUAL_TLS = "MUTUAL_TLS"  # TLS with a client certificate from the CA bundle
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """A Secret a gateway serves from (``namespace/name``); its fingerprint changes with its content."""
+
+    key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class GatewayRoute:
+    """One gateway rule for one host and port, in evaluation order: traffic to a virtual service's port.
+
+    The service's own routes for that port still decide where it goes (and split it).
+    ``rewrite_path``: the matched prefix becomes ``/``; ``rewrite_host``: the Host header becomes it;
+    ``timeout_ms`` None keeps the service route's timeout.
+    """
+
+    origin: str
+    service: str
+    port: int
+    prefix: str = "/"
+    grpc: bool = False
+    rewrite_path: bool = False
+    rewrite_host: str | None = None
+    timeout_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class GatewayHost:
+    """A host of a gateway on one of its ports: its names, TLS, and the rules attached to it there."""
+
+    name: str
+    hostnames: tuple[str, ...]
+    routes: tuple[GatewayRoute, ...]
+    tls: ListenerTls = ListenerTls.DISABLED
+    certificate: SecretRef | None = None
+    ca_bundle: SecretRef | None = None
+    client_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GatewayListener:
+    """A port of an ingress gateway and the hosts it serves there (one protocol per port)."""
+
+    port: int
+    protocol: Protocol
+    hosts: tuple[GatewayHost, ...]
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """An ingress gateway: its identity (a source access policies can name), ports and live proxies."""
+
+    key: str
+    mesh: str
+    identity: str
+    listeners: tuple[GatewayListener, ...]
+    endpoints: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class Workload:
-    """A running proxy and the deployment it serves (an endpoint while it is connected)."""
+    """A running proxy and the deployment it serves (an endpoint while it is connected), or the ingress
+    gateway it runs (``gateway``, its key; then ``deployment`` is empty)."""
 
     node_id: str
     deployment: str
     address: str
     capture: Capture = Capture.EXPLICIT
     app_ports: tuple[tuple[int, int], ...] = ()  # (listener port, application port), explicit capture only
+    gateway: str | None = None
 
 
 @dataclass(frozen=True)
@@ -230,6 +301,7 @@ class MeshConfig:
     meshes: tuple[Mesh, ...] = ()
     services: tuple[Service, ...] = ()
     deployments: tuple[Deployment, ...] = ()
+    gateways: tuple[Gateway, ...] = ()
     _meshes: dict[str, Mesh] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
     _services: dict[str, Service] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
     _deployments: dict[str, Deployment] = field(default_factory=dict, init=False, repr=False, compare=False,
@@ -249,6 +321,9 @@ class MeshConfig:
 
     def deployment(self, key: str) -> Deployment | None:
         return self._deployments.get(key)
+
+    def gateway(self, key: str) -> Gateway | None:
+        return next((g for g in self.gateways if g.key == key), None)
 
     def mesh_services(self, mesh: str) -> tuple[Service, ...]:
         return self.memo(("mesh_services", mesh), lambda: tuple(s for s in self.services if s.mesh == mesh))

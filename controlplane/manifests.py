@@ -2,14 +2,16 @@
 
 :func:`load` reads YAML or JSON files (a directory means every ``*.yaml``, ``*.yml`` and ``*.json``
 below it, in name order), splits multi-document YAML, and sorts what it finds into mesh objects,
-core/v1 Services (which VirtualDeploymentBindings select) and findings. One bad document never hides
-the others: each is parsed on its own, and a problem names the file and document it came from.
-Other Kubernetes kinds (Namespaces, Secrets, Deployments …) are kept aside untouched for the commands
-that need them; ``List`` objects are unpacked.
+core/v1 Services (which VirtualDeploymentBindings select), core/v1 Secrets (gateway certificates,
+decoded) and findings. One bad document never hides the others: each is parsed on its own, and a
+problem names the file and document it came from. Other Kubernetes kinds (Namespaces, Deployments …)
+are kept aside untouched for the commands that need them; ``List`` objects are unpacked.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,7 @@ import yaml
 from meshplane.controlplane.model import API_GROUP, AnyObject, ObjectKey, parse_object
 from meshplane.controlplane.problems import Problem, error
 from meshplane.controlplane.wire import FrozenMap
-from meshplane.controlplane.world import KubeService
+from meshplane.controlplane.world import KubeSecret, KubeService
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -59,6 +61,7 @@ class Loaded:
 
     objects: list[tuple[Source, AnyObject]] = field(default_factory=list)
     services: list[KubeService] = field(default_factory=list)
+    secrets: list[KubeSecret] = field(default_factory=list)
     others: list[tuple[Source, Mapping[str, Any]]] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
 
@@ -124,6 +127,8 @@ def _sort(source: Source, raw: Any, loaded: Loaded, seen: dict[ObjectKey, Source
         _sort_mesh_object(source, raw, loaded, seen)
     elif api_version == "v1" and raw.get("kind") == "Service":
         _sort_service(source, raw, loaded)
+    elif api_version == "v1" and raw.get("kind") == "Secret":
+        _sort_secret(source, raw, loaded)
     else:
         loaded.others.append((source, raw))
 
@@ -150,6 +155,26 @@ def _sort_service(source: Source, raw: Mapping[str, Any], loaded: Loaded) -> Non
         selector = {}
     deleting = isinstance(raw.get("metadata"), Mapping) and raw["metadata"].get("deletionTimestamp") is not None
     loaded.services.append(KubeService(namespace, name, FrozenMap(selector), deleting))
+
+
+def _sort_secret(source: Source, raw: Mapping[str, Any], loaded: Loaded) -> None:
+    """A Secret's ``data`` (base64) and ``stringData`` (text, winning as the API server merges them)."""
+    _, namespace, name = identity(raw)
+    values: dict[str, bytes] = {}
+    data, text = raw.get("data") or {}, raw.get("stringData") or {}
+    if not isinstance(data, Mapping) or not isinstance(text, Mapping):
+        loaded.findings.append(Finding(source, "Secret", namespace, name, error("data", "must map keys to values")))
+        return
+    for key, value in data.items():
+        try:
+            values[str(key)] = base64.b64decode(str(value), validate=True)
+        except binascii.Error:
+            loaded.findings.append(Finding(source, "Secret", namespace, name,
+                                           error(f"data.{key}", "is not base64 (use stringData for text)")))
+            return
+    values.update({str(k): str(v).encode() for k, v in text.items()})
+    kind = raw.get("type") if isinstance(raw.get("type"), str) else "Opaque"
+    loaded.secrets.append(KubeSecret(namespace, name, str(kind), tuple(sorted(values.items()))))
 
 
 def identity(raw: Mapping[str, Any]) -> tuple[str, str, str]:

@@ -180,6 +180,9 @@ class Controller(Generic[T]):
 
     def _inputs_of(self, workload: ir.Workload) -> object:
         """Everything a workload's configuration depends on (compared by value)."""
+        if workload.gateway is not None:  # its IR names its Secrets by fingerprint: a changed one re-renders
+            gateway = self.config.gateway(workload.gateway)
+            return (workload, gateway, self._views.get(gateway.mesh if gateway else None))
         deployment = self.config.deployment(workload.deployment)
         service = self.config.service(deployment.service) if deployment else None
         mesh = service.mesh if service else None

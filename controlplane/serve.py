@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -34,10 +34,11 @@ from meshplane.controlplane.credentials import DEFAULT_TTL, Credentials
 from meshplane.controlplane.model import ConditionStatus, Kind, ObjectKey
 from meshplane.controlplane.reconcile import Controller, Timing
 from meshplane.controlplane.status import DataPlaneState
-from meshplane.controlplane.world import resolve
+from meshplane.controlplane.world import KubeSecret, resolve
 from meshplane.injector import inject, webhook
 from meshplane.xds import names
 from meshplane.xds.cache import InconsistentSnapshotError, Snapshot, SnapshotCache
+from meshplane.xds.ingress import gateway_secrets, translate_gateway
 from meshplane.xds.resources import Resource, TypeUrl
 from meshplane.xds.secrets import build_certificate_secret, build_trust_secret
 from meshplane.xds.server import Callbacks, StreamRefusedError, XdsServer, current_peer
@@ -71,15 +72,19 @@ class Renderer:
     proxy's own key and certificate come from :class:`Credentials` and go only into its own snapshot.
     """
 
-    def __init__(self, credentials: Credentials, resolvers: tuple[tuple[str, int], ...] = ()) -> None:
+    def __init__(self, credentials: Credentials, resolvers: tuple[tuple[str, int], ...] = (),
+                 kube_secrets: Callable[[str, str], KubeSecret | None] | None = None) -> None:
         self.credentials = credentials
         self.resolvers = resolvers
+        self.kube_secrets = kube_secrets
         self._config: ir.MeshConfig | None = None
         self._shared: dict[tuple[str, str], tuple[Resource, ...]] = {}
 
     def __call__(self, config: ir.MeshConfig, workload: ir.Workload) -> Snapshot:
         if config is not self._config:
             self._config, self._shared = config, {}
+        if workload.gateway is not None:
+            return self._gateway(config, workload)
         mesh = mesh_of(config, workload)
         identity = identity_of(config, workload)
         if mesh is None or identity is None:
@@ -91,10 +96,24 @@ class Renderer:
         own = [Resource.of(b.message, b.refs) for b in translate_proxy(config, workload, self.resolvers)]
         return Snapshot((*self._shared[(mesh, identity)], *own, *self._secrets(config, workload, mesh)))
 
-    def _secrets(self, config: ir.MeshConfig, workload: ir.Workload, mesh_key: str) -> list[Resource]:
+    def _gateway(self, config: ir.MeshConfig, workload: ir.Workload) -> Snapshot:
+        """An ingress gateway proxy: its resources, its own certificate, and its hosts' certificates."""
+        gateway = config.gateway(workload.gateway or "")
+        if gateway is None:
+            return Snapshot()
+        own = [Resource.of(b.message, b.refs) for b in translate_gateway(config, workload)]
+        return Snapshot((*own, *self._secrets(config, workload, gateway.mesh, gateway_secrets(config, workload))))
+
+    def _secrets(self, config: ir.MeshConfig, workload: ir.Workload, mesh_key: str,
+                 required: tuple[tuple[str, str], ...] | None = None) -> list[Resource]:
         mesh = next(m for m in config.meshes if m.key == mesh_key)
         out = []
-        for name, subject in required_secrets(config, workload):
+        for name, subject in required if required is not None else required_secrets(config, workload):
+            if name.startswith((names.server_certificate(""), names.client_ca(""))):
+                message = self._kube_secret(name, subject)
+                if message is not None:
+                    out.append(Resource.of(message))
+                continue
             if name.startswith(names.workload_secret("")):
                 held = self.credentials.for_proxy(workload.node_id, mesh.key, mesh.trust_domain, subject)
                 message = build_certificate_secret(name, held.issued.chain_pem, held.key.pem().reveal())
@@ -103,6 +122,17 @@ class Renderer:
                 message = build_trust_secret(name, bundle)
             out.append(Resource.of(message))
         return out
+
+    def _kube_secret(self, name: str, key: str) -> Any:
+        """A gateway host's certificate or CA bundle, from the Secret ``key`` (None if it went away: the
+        snapshot is then inconsistent and not published, and the last good one stays)."""
+        namespace, _, secret_name = key.partition("/")
+        secret = self.kube_secrets(namespace, secret_name) if self.kube_secrets is not None else None
+        if secret is None:
+            return None
+        if name.startswith(names.client_ca("")):
+            return build_trust_secret(name, secret.get("ca.crt") or b"")
+        return build_certificate_secret(name, secret.get("tls.crt") or b"", secret.get("tls.key") or b"")
 
 
 def identity_of(config: ir.MeshConfig, workload: ir.Workload) -> str | None:
@@ -115,7 +145,8 @@ def identity_of(config: ir.MeshConfig, workload: ir.Workload) -> str | None:
 def workload_from_node(node: Any) -> ir.Workload:
     """The workload a proxy says it is, from its node metadata; refuses what cannot be served."""
     meta = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
-    deployment = meta.get(names.META_DEPLOYMENT)
+    gateway = meta.get(names.META_GATEWAY)
+    deployment = "" if isinstance(gateway, str) else meta.get(names.META_DEPLOYMENT)
     address = meta.get(names.META_ADDRESS)
     if not isinstance(deployment, str) or not isinstance(address, str):
         raise StreamRefusedError(f"node {node.id!r} does not name its virtual deployment and address in its "
@@ -128,7 +159,7 @@ def workload_from_node(node: Any) -> ir.Workload:
     except (AttributeError, TypeError, ValueError) as exc:
         raise StreamRefusedError(f"node {node.id!r} has malformed metadata ({exc}): regenerate its bootstrap with "
                                  "`meshplane bootstrap`") from None
-    return ir.Workload(node.id, deployment, address, capture, app_ports)
+    return ir.Workload(node.id, deployment, address, capture, app_ports, gateway if isinstance(gateway, str) else None)
 
 
 def _port(value: object) -> int:
@@ -147,7 +178,8 @@ class ControlPlane:
         self.source = ConfigDir(options.config_dir)
         self.cache = SnapshotCache()
         self.credentials = Credentials(options.state_dir, ttl=options.cert_ttl)
-        self.controller: Controller[Snapshot] = Controller(self.source, Renderer(self.credentials, options.egress_dns),
+        self.controller: Controller[Snapshot] = Controller(self.source, Renderer(self.credentials, options.egress_dns,
+                                                                                     self.source.world.secret),
                                                             self._publish,
                                                             options.timing, data_plane=self._data_plane)
         self.controller.after_round = self._after_round

@@ -105,3 +105,24 @@ def _app_ports(values: Sequence[str], listeners: dict[int, str], pod_ip: str) ->
             raise BootstrapError(f"port {listener}={app} collides with a listener or a sidecar port "
                                  f"({sorted(names.SIDECAR_PORTS)}) on {pod_ip}: pick another application port")
     return mapping
+
+
+def gateway_spec(*, state_dir: Path, xds_address: str, gateway: str, pod_ip: str, admin_port: int,
+                 node_id: str | None, delta: bool, wait: float = 0.0) -> BootstrapSpec:
+    """The bootstrap of an ingress gateway proxy (explicit capture: it listens on the gateway's ports at
+    ``pod_ip``). The gateway must be served; its credentials are issued for the gateway, not a deployment."""
+    host, port = parse_address(xds_address, "--xds-address")
+    _check_ip(pod_ip)
+    deadline = time.monotonic() + wait
+    while gateway not in (state.read_gateways(state_dir) or {}):
+        if time.monotonic() >= deadline:
+            known = ", ".join(sorted(state.read_gateways(state_dir) or {})) or "none"
+            raise BootstrapError(f"ingress gateway {gateway} is not served by the control plane (served: {known}); "
+                                 "check it with `meshplane validate`")
+        time.sleep(0.1)
+    namespace, _, name = gateway.partition("/")
+    node = node_id or f"{name}.{namespace}-{pod_ip}"
+    metadata = {names.META_GATEWAY: gateway, names.META_ADDRESS: pod_ip, names.META_CAPTURE: ir.Capture.EXPLICIT.value}
+    tls = xdsauth.issue_proxy(state_dir, node, f"{xdsauth.GATEWAY_CLAIM}{gateway}", host)
+    return BootstrapSpec(node, gateway, metadata, host, port, admin_port=admin_port, delta=delta, tls=tls,
+                         source_address=pod_ip)

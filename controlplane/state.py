@@ -20,6 +20,7 @@ from typing import Any
 from meshplane.controlplane import ir
 
 DEPLOYMENTS = "deployments.json"
+GATEWAYS = "gateways.json"
 WORKLOADS = "workloads.json"
 
 
@@ -35,15 +36,27 @@ def deployments_view(config: ir.MeshConfig) -> dict[str, Any]:
 
 
 def write_deployments(state_dir: Path, config: ir.MeshConfig) -> bool:
-    """Write ``deployments.json`` atomically if its content changed; True if written."""
+    """Write ``deployments.json`` (and ``gateways.json``: the served gateways and their ports) atomically
+    if their content changed; True if either was written."""
     text = json.dumps(deployments_view(config), indent=2, sort_keys=True) + "\n"
-    return _write(ensure(state_dir) / DEPLOYMENTS, text)
+    gateways = {g.key: {"ports": [listener.port for listener in g.listeners]} for g in config.gateways}
+    written = _write(ensure(state_dir) / GATEWAYS, json.dumps(gateways, indent=2, sort_keys=True) + "\n")
+    return _write(ensure(state_dir) / DEPLOYMENTS, text) or written
+
+
+def read_gateways(state_dir: Path) -> dict[str, list[int]] | None:
+    """The served gateways' ports by key, or None if ``serve`` has not written them."""
+    path = state_dir / GATEWAYS
+    if not path.is_file():
+        return None
+    return {key: list(value["ports"]) for key, value in json.loads(path.read_text()).items()}
 
 
 def write_workloads(state_dir: Path, workloads: list[ir.Workload]) -> bool:
     """Remember the connected workloads, so a restarted control plane keeps them as endpoints."""
     data = [{"node_id": w.node_id, "deployment": w.deployment, "address": w.address, "capture": w.capture.value,
-             "app_ports": [list(p) for p in w.app_ports]} for w in sorted(workloads, key=lambda w: w.node_id)]
+             "app_ports": [list(p) for p in w.app_ports], "gateway": w.gateway}
+            for w in sorted(workloads, key=lambda w: w.node_id)]
     return _write(ensure(state_dir) / WORKLOADS, json.dumps(data, indent=2) + "\n")
 
 
@@ -53,7 +66,7 @@ def read_workloads(state_dir: Path) -> list[ir.Workload]:
     try:
         raw = json.loads(path.read_text()) if path.is_file() else []
         return [ir.Workload(w["node_id"], w["deployment"], w["address"], ir.Capture(w["capture"]),
-                            tuple((int(a), int(b)) for a, b in w["app_ports"])) for w in raw]
+                            tuple((int(a), int(b)) for a, b in w["app_ports"]), w.get("gateway")) for w in raw]
     except (OSError, ValueError, KeyError, TypeError):
         return []
 

@@ -16,7 +16,7 @@ import base64
 import functools
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from meshplane.controlplane.model import KINDS, AnyObject, Kind, ObjectKey, RefOrId, ResourceRef
@@ -31,6 +31,30 @@ class KubeService:
     name: str
     selector: FrozenMap[str] = FrozenMap()
     deleting: bool = False
+
+
+@dataclass(frozen=True)
+class KubeSecret:
+    """A core/v1 Secret the mesh reads (a gateway's server certificate or trusted CA bundle).
+
+    ``data`` holds the decoded values; ``fingerprint`` (a hash of them) is what the IR carries, so a
+    changed Secret changes the configuration that names it without key material entering the IR.
+    """
+
+    namespace: str
+    name: str
+    type: str
+    data: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
+
+    def get(self, key: str) -> bytes | None:
+        return dict(self.data).get(key)
+
+    @property
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for key, value in self.data:
+            digest.update(key.encode() + b"\0" + hashlib.sha256(value).digest())
+        return digest.hexdigest()[:16]
 
 
 class World(Protocol):
@@ -49,6 +73,8 @@ class World(Protocol):
         ...
 
     def service(self, namespace: str, name: str) -> KubeService | None: ...
+
+    def secret(self, namespace: str, name: str) -> KubeSecret | None: ...
 
     @property
     def knows_services(self) -> bool:
@@ -111,6 +137,7 @@ class Index:
         self._sorted: dict[Kind, list[AnyObject]] = {}
         self._ids: dict[tuple[Kind, str], ObjectKey] = {}
         self._services: dict[tuple[str, str], KubeService] = {}
+        self._secrets: dict[tuple[str, str], KubeSecret] = {}
         self._authoritative = authoritative
         self._knows_services = authoritative if knows_services is None else knows_services
         for obj in objects:
@@ -149,6 +176,13 @@ class Index:
     def set_services(self, services: Iterable[KubeService]) -> None:
         """Replace every core Service with ``services`` (a source that re-reads them all)."""
         self._services = {(svc.namespace, svc.name): svc for svc in services}
+
+    def set_secrets(self, secrets: Iterable[KubeSecret]) -> None:
+        """Replace every Secret with ``secrets``."""
+        self._secrets = {(secret.namespace, secret.name): secret for secret in secrets}
+
+    def secret(self, namespace: str, name: str) -> KubeSecret | None:
+        return self._secrets.get((namespace, name))
 
     def get(self, key: ObjectKey) -> AnyObject | None:
         return self._by_kind[key.kind].get(key)

@@ -78,6 +78,16 @@ def check_peer(peer: Peer | None, workload: ir.Workload, state_dir: Path) -> Non
                                  "its xDS certificate names (run `meshplane bootstrap` for this node)")
     recorded = state_dir / "proxies" / workload.node_id / "deployment"
     issued_for = recorded.read_text() if recorded.is_file() else None
-    if issued_for != workload.deployment:
-        raise StreamRefusedError(f"node {workload.node_id!r} claims virtual deployment {workload.deployment}, but its "
-                                 f"certificate was issued for {issued_for or 'another deployment'}")
+    if issued_for != claim(workload):
+        what = (f"ingress gateway {workload.gateway}" if workload.gateway
+                else f"virtual deployment {workload.deployment}")
+        raise StreamRefusedError(f"node {workload.node_id!r} claims {what}, but its certificate was issued for "
+                                 f"{issued_for or 'another one'}")
+
+
+def claim(workload: ir.Workload) -> str:
+    """What a proxy's credentials are issued for: its virtual deployment's key, or ``ingressgateway:<key>``."""
+    return f"{GATEWAY_CLAIM}{workload.gateway}" if workload.gateway else workload.deployment
+
+
+GATEWAY_CLAIM = "ingressgateway:"

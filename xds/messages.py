@@ -463,3 +463,35 @@ def build_authority_match(regex: str) -> Any:
     header = route_components_v3.HeaderMatcher(
         name=":authority", string_match=string_v3.StringMatcher(safe_regex=regex_v3.RegexMatcher(regex=regex)))
     return route_components_v3.RouteMatch(prefix="/", headers=[header])
+
+
+# ----------------------------------------------------------------------------------- gateway TLS
+
+
+def build_gateway_tls(certificate: str, *, client_ca: str | None, client_names: Sequence[str],
+                      require_client_certificate: bool) -> Any:
+    """A gateway's server side of TLS: present the SDS secret ``certificate``; with ``client_ca``, check
+    client certificates against it (and, given ``client_names``, their DNS or URI SANs); require one
+    only when ``require_client_certificate`` (MUTUAL_TLS; PERMISSIVE checks what a client offers)."""
+    common = tls_v3.CommonTlsContext(tls_certificate_sds_secret_configs=[build_sds_secret_config(certificate)])
+    if client_ca is not None:
+        matchers = [common_v3.SubjectAltNameMatcher(san_type=san, matcher=string_v3.StringMatcher(exact=name))
+                    for name in client_names
+                    for san in (common_v3.SubjectAltNameMatcher.DNS, common_v3.SubjectAltNameMatcher.URI)]
+        common.combined_validation_context.CopyFrom(tls_v3.CommonTlsContext.CombinedCertificateValidationContext(
+            default_validation_context=common_v3.CertificateValidationContext(match_typed_subject_alt_names=matchers),
+            validation_context_sds_secret_config=build_sds_secret_config(client_ca)))
+    context = tls_v3.DownstreamTlsContext(common_tls_context=common,
+                                          require_client_certificate=wrappers_pb2.BoolValue(
+                                              value=require_client_certificate))
+    return base_v3.TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(context))
+
+
+def build_rewrites(action: Any, *, prefix: str | None, host: str | None) -> Any:
+    """``action`` (a RouteAction, changed in place and returned) with the matched prefix replaced by
+    ``prefix`` and the Host header by ``host``, where given."""
+    if prefix is not None:
+        action.prefix_rewrite = prefix
+    if host is not None:
+        action.host_rewrite_literal = host
+    return action

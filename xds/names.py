@@ -49,6 +49,7 @@ META_DEPLOYMENT = "meshplane.deployment"  # the virtual deployment key the proxy
 META_ADDRESS = "meshplane.address"  # the workload's address: pod IP, or its own loopback in explicit mode
 META_CAPTURE = "meshplane.capture"  # "explicit" or "transparent" (ir.Capture)
 META_APP_PORTS = "meshplane.app_ports"  # explicit capture: {listener port: application port}
+META_GATEWAY = "meshplane.gateway"  # an ingress gateway's proxy: the gateway's key (namespace/name)
 
 # ----------------------------------------------------------------------------------------- ports
 
@@ -127,3 +128,24 @@ def workload_secret(identity: str) -> str:
 def trust_bundle(trust_domain: str) -> str:
     """The SDS secret with the root certificate(s) that validate peers of ``trust_domain``."""
     return f"trust|{trust_domain}"
+
+
+def gateway_listener(port: int) -> str:
+    """An ingress gateway's listener on one port."""
+    return f"gateway|{port}"
+
+
+def gateway_routes(port: int, host: str | None) -> str:
+    """The route configuration of one filter chain of a gateway port: one host's (TLS, chosen by SNI), or
+    every plaintext host's (``host`` None)."""
+    return f"gateway|{port}|{host if host is not None else '*plaintext'}"
+
+
+def server_certificate(secret: str) -> str:
+    """The SDS secret with a gateway's server certificate and key, from the Secret ``namespace/name``."""
+    return f"tls|{secret}"
+
+
+def client_ca(secret: str) -> str:
+    """The SDS secret with the CA bundle a gateway checks client certificates against (``namespace/name``)."""
+    return f"ca|{secret}"

@@ -617,11 +617,14 @@ def _address_principals(config: ir.MeshConfig, service: ir.Service) -> list[Any]
 
 
 def _caller_addresses(config: ir.MeshConfig, service: ir.Service) -> tuple[str, ...]:
-    """The addresses of every live workload whose service may call ``service`` (sorted, once per build)."""
+    """The addresses of every live workload whose service (or ingress gateway) may call ``service`` (sorted,
+    once per build)."""
     def addresses() -> tuple[str, ...]:
         found = {address for deployment in config.deployments
                  if (caller := config.service(deployment.service)) is not None and caller.mesh == service.mesh
                  and service.callers.admits(caller.identity) for address in deployment.endpoints}
+        found |= {address for gateway in config.gateways if gateway.mesh == service.mesh
+                  and service.callers.admits(gateway.identity, service=False) for address in gateway.endpoints}
         return tuple(sorted(found))
     return config.memo(("caller addresses", service.key), addresses)
 
