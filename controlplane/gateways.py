@@ -15,8 +15,8 @@ Choices (spec §3.6, §3.7, §5.5; written for users in docs/ingress.md):
   passthrough rules to TLS passthrough ports.
 * **Destinations** are virtual services of the gateway's mesh. The port is the rule's, else the
   service's only port of a fitting protocol, else its lowest HTTP port for HTTP rules; otherwise the
-  rule is reported. ``isHostRewriteEnabled`` rewrites Host to the service's first host name (not a
-  wildcard).
+  rule is reported. ``isHostRewriteEnabled`` rewrites Host to the service's first host name in
+  alphabetical order that is not a wildcard.
 """
 
 from __future__ import annotations
@@ -85,10 +85,29 @@ def _gateway(ctx: _Context, gateway: AnyObject, mesh: ir.Mesh) -> ir.Gateway:
             found = _host(ctx, gateway, path, host, listener, tables=tables, mesh=mesh)
             if found is not None:
                 served[1].append(found)
+    _check_host_refs(ctx, gateway, tables)
     listeners = tuple(ir.GatewayListener(port, protocol, tuple(hosts))
                       for port, (protocol, hosts) in sorted(ports.items()) if hosts)
     return ir.Gateway(key_of(gateway), mesh.key, gateway_identity(mesh.trust_domain, gateway), listeners,
                       ctx.endpoints.get(key_of(gateway), ()))
+
+
+def _check_host_refs(ctx: _Context, gateway: AnyObject, tables: list[AnyObject]) -> None:
+    """Warn on a rule naming a host (or a host's port) the gateway does not have: it attaches nowhere."""
+    ports = {host.name: {listener.port for listener in host.listeners} for host in gateway.spec.hosts}
+    for table in tables:
+        for index, rule in enumerate(table.spec.route_rules):
+            body = rule.http_route or rule.tcp_route or rule.tls_passthrough_route
+            target = body.ingress_gateway_host if body is not None else None
+            if target is None:
+                continue
+            if target.name not in ports:
+                ctx.report(table, warning(f"spec.routeRules[{index}].ingressGatewayHost.name",
+                                          f"{gateway.key} has no host {target.name!r}; the rule applies nowhere"))
+            elif target.port is not None and target.port not in ports[target.name]:
+                ctx.report(table, warning(f"spec.routeRules[{index}].ingressGatewayHost.port",
+                                          f"host {target.name!r} of {gateway.key} has no listener on port "
+                                          f"{target.port}; the rule applies nowhere"))
 
 
 def _tables(world: World, gateway: AnyObject) -> list[AnyObject]:
@@ -109,7 +128,7 @@ def _host(ctx: _Context, gateway: AnyObject, path: str, host: IngressGatewayHost
                               tls.server_certificate if tls is not None else None, ("tls.crt", "tls.key"))
         if certificate is None:
             return None
-    validation = tls.client_validation if tls is not None else None
+    validation = tls.client_validation if tls is not None and mode is not ir.ListenerTls.DISABLED else None
     if validation is not None and validation.trusted_ca_bundle is not None:
         ca_bundle = _secret(ctx, gateway, f"{path}.tls.clientValidation.trustedCaBundle",
                             validation.trusted_ca_bundle, ("ca.crt",))

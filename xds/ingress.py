@@ -38,9 +38,12 @@ from meshplane.xds.translate import (
     _eds_cluster,
     _first_route,
     _proxy_tls,
+    _unclaimed,
     _weights,
     merge,
 )
+
+NO_ROUTE_BODY = "no route of the virtual service matches this path"
 
 
 @dataclass
@@ -62,7 +65,8 @@ def translate_gateway(config: ir.MeshConfig, workload: ir.Workload) -> Resources
     if gateway is None:
         return ()
     plan = _Plan()
-    listeners = [_listener(config, gateway, workload.address, listener, plan) for listener in gateway.listeners]
+    built = (_listener(config, gateway, workload.address, listener, plan) for listener in gateway.listeners)
+    listeners = [listener for listener in built if listener is not None]
     tls = _proxy_tls(config, gateway.mesh, gateway.identity)
     clusters = [_eds_cluster(_destination(config, name, backend, protocol, service), tls)
                 for name, (backend, protocol, service) in sorted(plan.backends.items())]
@@ -89,12 +93,16 @@ def gateway_secrets(config: ir.MeshConfig, workload: ir.Workload) -> tuple[tuple
 
 
 def _listener(config: ir.MeshConfig, gateway: ir.Gateway, address: str, listener: ir.GatewayListener,
-              plan: _Plan) -> Built:
+              plan: _Plan) -> Built | None:
+    """A port's listener; None when it has nothing to serve (a TCP or TLS port with no usable rule: Envoy
+    refuses a listener without filter chains, and connections are refused either way)."""
     name = names.gateway_listener(listener.port)
     if listener.protocol.is_http:
         chains, refs, inspect = _http_chains(config, gateway, listener, plan)
     else:
         chains, refs, inspect = _l4_chains(config, gateway, listener, plan)
+    if not chains:
+        return None
     built = messages.build_listener(name, address, listener.port, chains, inbound=True,
                                     listener_filters=[messages.build_tls_inspector()] if inspect else [])
     return Built(names.LISTENER_TYPE, name, built, frozenset(refs))
@@ -109,8 +117,12 @@ def _http_chains(config: ir.MeshConfig, gateway: ir.Gateway, listener: ir.Gatewa
     plain_hosts = [h for h in listener.hosts if h.tls in (ir.ListenerTls.DISABLED, ir.ListenerTls.PERMISSIVE)]
     chains: list[Any] = []
     refs: set[Ref] = set()
+    claimed: set[str] = set()
     for host in tls_hosts:
         assert host.certificate is not None  # build serves a TLS host only with its certificate
+        server_names = _unclaimed(host.hostnames, claimed)  # Envoy refuses two chains with one name
+        if host.hostnames and not server_names:
+            continue
         route_name = names.gateway_routes(listener.port, host.name)
         plan.routes.append(_route_configuration(config, gateway, listener.port, [host], name=route_name,
                                                 plan=plan))
@@ -120,7 +132,7 @@ def _http_chains(config: ir.MeshConfig, gateway: ir.Gateway, listener: ir.Gatewa
                                             require_client_certificate=host.tls is ir.ListenerTls.MUTUAL_TLS)
         manager = messages.build_http_connection_manager(route_name, rds=route_name)
         chains.append(messages.build_filter_chain(
-            [manager], name=route_name, server_names=host.hostnames, transport_socket=socket,
+            [manager], name=route_name, server_names=server_names, transport_socket=socket,
             transport_protocol=messages.TLS_PROTOCOL if plain_hosts else ""))
         refs |= {(names.ROUTE_TYPE, route_name), (names.SECRET_TYPE, certificate)}
         refs |= {(names.SECRET_TYPE, ca)} if ca is not None else set()
@@ -139,13 +151,17 @@ def _route_configuration(config: ir.MeshConfig, gateway: ir.Gateway, port: int, 
                          name: str, plan: _Plan) -> Built:
     virtual_hosts = []
     refs: set[Ref] = set()
+    claimed: set[str] = set()
     for host in hosts:
         routes: list[Any] = []
         for rule in host.routes:
             built, used = _service_routes(config, gateway, rule, plan)
             routes += built
             refs |= used
-        domains = sorted({*host.hostnames, *(f"{h}:{port}" for h in host.hostnames)}) or ["*"]
+        wanted = sorted({*host.hostnames, *(f"{h}:{port}" for h in host.hostnames)}) or ["*"]
+        domains = _unclaimed(wanted, claimed)  # the first host keeps a name two hosts list
+        if not domains:
+            continue
         virtual_hosts.append(messages.build_virtual_host(f"{gateway.key}|{host.name}", domains, routes))
     return Built(names.ROUTE_TYPE, name, messages.build_route_configuration(name, virtual_hosts), frozenset(refs))
 
@@ -162,12 +178,9 @@ def _service_routes(config: ir.MeshConfig, gateway: ir.Gateway, rule: ir.Gateway
         return [messages.build_direct_response_route(rule.origin, match, 403, DENIED_BODY)], set()
     built: list[Any] = []
     refs: set[Ref] = set()
-    for route in port.routes:
-        combined = _combine(rule.prefix, route.prefix, rewrite=rule.rewrite_path)
-        if combined is None:
-            continue
-        prefix, rewrite = combined
-        match = messages.build_route_match(prefix, grpc=rule.grpc or route.grpc)
+    for route, prefix, rewrite, exact in _combined_routes(rule, port.routes):
+        match = (messages.build_path_match(prefix, grpc=rule.grpc or route.grpc) if exact
+                 else messages.build_route_match(prefix, grpc=rule.grpc or route.grpc))
         weights = _weights(route.backends)
         if not weights:
             built.append(messages.build_direct_response_route(route.origin, match, route.status or 503))
@@ -179,8 +192,27 @@ def _service_routes(config: ir.MeshConfig, gateway: ir.Gateway, rule: ir.Gateway
         plan.use(route.backends, port.protocol, service.key)
         refs |= _cluster_refs(weights)
     built.append(messages.build_direct_response_route(f"{rule.origin} (no route of {service.key} matches)",
-                                                      messages.build_route_match(rule.prefix, grpc=rule.grpc), 404))
+                                                      messages.build_route_match(rule.prefix, grpc=rule.grpc), 404,
+                                                      NO_ROUTE_BODY))
     return built, refs
+
+
+def _combined_routes(rule: ir.GatewayRoute, routes: Iterable[ir.Route]
+                     ) -> list[tuple[ir.Route, str, str | None, bool]]:
+    """(service route, path to match, prefix to forward instead, exact path?) in evaluation order.
+
+    With the rewrite, a request for exactly the rule's prefix without its trailing ``/`` (``/shop`` for
+    ``/shop/`` or ``/shop``) is the service's ``/``: it gets an exact-path route of its own.
+    """
+    found: list[tuple[ir.Route, str, str | None, bool]] = []
+    for route in routes:
+        bare = rule.prefix.rstrip("/")
+        if rule.rewrite_path and route.prefix == "/" and bare:
+            found.append((route, bare, "/", True))
+        combined = _combine(rule.prefix, route.prefix, rewrite=rule.rewrite_path)
+        if combined is not None:
+            found.append((route, combined[0], combined[1], False))
+    return found
 
 
 def _combine(gateway: str, service: str, *, rewrite: bool) -> tuple[str, str | None] | None:

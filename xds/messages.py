@@ -240,6 +240,14 @@ def build_route_match(prefix: str, *, grpc: bool) -> Any:
     return match
 
 
+def build_path_match(path: str, *, grpc: bool) -> Any:
+    """An exact-path match (and, for gRPC rules, the ``content-type`` match of :func:`build_route_match`)."""
+    match = build_route_match("/", grpc=grpc)
+    match.ClearField("prefix")
+    match.path = path
+    return match
+
+
 def build_route_action(weights: Weights, *, timeout_ms: int, idle_timeout_ms: int | None = None) -> Any:
     """Forward to one cluster, or split over several by weight; a zero timeout disables it.
 
@@ -473,7 +481,8 @@ def build_gateway_tls(certificate: str, *, client_ca: str | None, client_names: 
     """A gateway's server side of TLS: present the SDS secret ``certificate``; with ``client_ca``, check
     client certificates against it (and, given ``client_names``, their DNS or URI SANs); require one
     only when ``require_client_certificate`` (MUTUAL_TLS; PERMISSIVE checks what a client offers)."""
-    common = tls_v3.CommonTlsContext(tls_certificate_sds_secret_configs=[build_sds_secret_config(certificate)])
+    common = tls_v3.CommonTlsContext(tls_certificate_sds_secret_configs=[build_sds_secret_config(certificate)],
+                                     alpn_protocols=["h2", "http/1.1"])  # HTTP/2 (gRPC) over TLS, by ALPN
     if client_ca is not None:
         matchers = [common_v3.SubjectAltNameMatcher(san_type=san, matcher=string_v3.StringMatcher(exact=name))
                     for name in client_names

@@ -55,7 +55,8 @@ from meshplane.xds.translate import (
     translate_proxy,
 )
 from tests.envoybin import envoy_path
-from tests.test_golden import CASES, load_case, secret_refs
+from tests.test_golden import CASES, load_case, proxy_resources, secret_refs
+from tests.tlsserver import make_certificates
 
 MESH = "shop/shop-mesh"
 TRUST_DOMAIN = "shop-mesh.shop.mesh.local"
@@ -671,8 +672,10 @@ def static_bootstrap(workload: ir.Workload, resources: Sequence[Built]) -> dict[
     def plain(message: Any) -> Any:
         return json.loads(json_format.MessageToJson(message, preserving_proto_field_name=True))
 
-    spec = BootstrapSpec(workload.node_id, workload.deployment, {names.META_DEPLOYMENT: workload.deployment},
-                         "127.0.0.1", 15012, admin_port=0, delta=False)
+    metadata = ({names.META_GATEWAY: workload.gateway} if workload.gateway is not None
+                else {names.META_DEPLOYMENT: workload.deployment})
+    spec = BootstrapSpec(workload.node_id, workload.gateway or workload.deployment, metadata, "127.0.0.1", 15012,
+                         admin_port=0, delta=False)
     data = render_bootstrap(spec)
     routes = by_name(resources, names.ROUTE_TYPE)
     data["static_resources"]["clusters"] += [plain(c) for c in by_name(resources, names.CLUSTER_TYPE).values()]
@@ -707,14 +710,18 @@ def throwaway_certificate() -> tuple[str, str]:
     return certificate.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
 
 
-def with_static_secrets(data: dict[str, Any], secrets: Sequence[tuple[str, str]], pem: tuple[str, str]) -> None:
+def with_static_secrets(data: dict[str, Any], secrets: Sequence[tuple[str, str]], pem: tuple[str, str],
+                        gateway_pem: tuple[bytes, bytes, bytes] | None = None) -> None:
     """Serve ``secrets`` from the bootstrap (``pem`` as every certificate and root) and point references at them.
+
+    A gateway host's certificate (``tls|…``) and client CA bundle (``ca|…``) come from ``gateway_pem``
+    (:func:`tests.tlsserver.make_certificates`: CA, server certificate, key), as the control plane
+    would serve them from the host's Secrets.
 
     Only for validation: a reference without ``sds_config`` names a static secret, and with real
     material in place Envoy builds each TLS context (loads the certificate and key, merges the
     combined validation context) instead of waiting for SDS.
     """
-    certificate, key = pem
     wanted = {name for name, _ in secrets}
     pointed: set[str] = set()
 
@@ -731,12 +738,22 @@ def with_static_secrets(data: dict[str, Any], secrets: Sequence[tuple[str, str]]
 
     local(data["static_resources"])
     assert pointed == wanted, f"secrets named but not found in the resources: {sorted(wanted - pointed)}"
-    data["static_resources"]["secrets"] = [
-        {"name": name, "tls_certificate": {"certificate_chain": {"inline_string": certificate},
-                                           "private_key": {"inline_string": key}}}
-        if name == names.workload_secret(subject) else
-        {"name": name, "validation_context": {"trusted_ca": {"inline_string": certificate}}}
-        for name, subject in secrets]
+    data["static_resources"]["secrets"] = [static_secret(name, subject, pem, gateway_pem) for name, subject in secrets]
+
+
+def static_secret(name: str, subject: str, pem: tuple[str, str],
+                  gateway_pem: tuple[bytes, bytes, bytes] | None) -> dict[str, Any]:
+    """One secret of :func:`with_static_secrets`, as the bootstrap's static resources hold it."""
+    certificate, key = pem
+    if name.startswith((names.server_certificate(""), names.client_ca(""))):
+        assert gateway_pem is not None, f"{name} is a gateway host's secret: give gateway_pem"
+        ca, certificate, key = (part.decode() for part in gateway_pem)
+        if name.startswith(names.client_ca("")):
+            certificate = ca
+    if name == names.workload_secret(subject) or name.startswith(names.server_certificate("")):
+        return {"name": name, "tls_certificate": {"certificate_chain": {"inline_string": certificate},
+                                                  "private_key": {"inline_string": key}}}
+    return {"name": name, "validation_context": {"trusted_ca": {"inline_string": certificate}}}
 
 
 GOLDEN_PROXIES = [(case, workload) for case in CASES for workload in load_case(case)[1]]
@@ -746,7 +763,7 @@ def golden_secrets(case: Path, workload: ir.Workload) -> tuple[tuple[str, str], 
     """The secrets a golden proxy's resources name."""
     world, workloads = load_case(case)
     config, _ = build(world, workloads)
-    return required_secrets(config, workload)
+    return proxy_resources(config, workload)[1]
 
 
 GOLDEN_TLS_PROXIES = [(case, workload) for case, workload in GOLDEN_PROXIES if golden_secrets(case, workload)]
@@ -760,9 +777,12 @@ def golden_id(value: Any) -> str:
 @pytest.mark.parametrize(("case", "workload"), GOLDEN_PROXIES, ids=golden_id)
 def test_real_envoy_accepts_every_golden_proxys_configuration(case: Path, workload: ir.Workload,
                                                               tmp_path: Path) -> None:
+    """Sidecars and ingress gateway proxies alike (``workload.gateway``)."""
     world, workloads = load_case(case)
     config, _ = build(world, workloads)
-    envoy_validates(workload, static_bootstrap(workload, translate(config, workload)), tmp_path)
+    resources, _ = proxy_resources(config, workload)
+    assert resources, f"{workload.node_id} gets no resources: nothing to validate"
+    envoy_validates(workload, static_bootstrap(workload, resources), tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -770,15 +790,24 @@ def pem() -> tuple[str, str]:
     return throwaway_certificate()
 
 
+@pytest.fixture(scope="module")
+def gateway_pem() -> tuple[bytes, bytes, bytes]:
+    """A gateway host's certificate material: CA, server certificate and key (PEM)."""
+    return make_certificates(["gateway.example.test"])
+
+
 @pytest.mark.envoy
 @pytest.mark.parametrize(("case", "workload"), GOLDEN_TLS_PROXIES, ids=golden_id)
-def test_real_envoy_builds_every_golden_tls_context_from_real_secrets(case: Path, workload: ir.Workload,
-                                                                      tmp_path: Path, pem: tuple[str, str]) -> None:
-    """The same resources with their secrets served statically, so Envoy builds each TLS context for real."""
+def test_real_envoy_builds_every_golden_tls_context_from_real_secrets(
+        case: Path, workload: ir.Workload, tmp_path: Path, pem: tuple[str, str],
+        gateway_pem: tuple[bytes, bytes, bytes]) -> None:
+    """The same resources with their secrets served statically, so Envoy builds each TLS context for real
+    (a gateway's host certificates and client CA bundles too)."""
     world, workloads = load_case(case)
     config, _ = build(world, workloads)
-    data = static_bootstrap(workload, translate(config, workload))
-    with_static_secrets(data, required_secrets(config, workload), pem)
+    resources, secrets = proxy_resources(config, workload)
+    data = static_bootstrap(workload, resources)
+    with_static_secrets(data, secrets, pem, gateway_pem)
     envoy_validates(workload, data, tmp_path)
 
 
