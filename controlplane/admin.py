@@ -6,7 +6,9 @@ Routes:
 * ``GET /debug/syncz`` — per connected proxy: identity, versions sent and acknowledged per type,
   SYNCED / STALE / NOT SENT, and the last NACK with its message;
 * ``GET /debug/resources`` — every accepted object with its status conditions, and every object the
-  config directory holds that was not accepted, with the problems that kept it out.
+  config directory holds that was not accepted, with the problems that kept it out;
+* ``GET /debug/config_dump?proxy=ID`` — exactly what the proxy was last given, per type, with versions,
+  as JSON (private keys replaced by ``[redacted]``); 404 for a proxy with no configuration.
 
 The views are plain functions handed in by the composition root, so this module knows nothing of
 xDS internals; it only turns their JSON-compatible results into responses.
@@ -31,6 +33,7 @@ class Views:
     healthy: Callable[[], bool]
     syncz: Callable[[], Any]
     resources: Callable[[], Any]
+    config_dump: Callable[[str], Any] = lambda proxy: None  # None: no such proxy
 
 
 VIEWS = web.AppKey("views", Views)
@@ -42,6 +45,7 @@ def create_app(views: Views) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/debug/syncz", _syncz)
     app.router.add_get("/debug/resources", _resources)
+    app.router.add_get("/debug/config_dump", _config_dump)
     return app
 
 
@@ -57,6 +61,16 @@ async def _syncz(request: web.Request) -> web.Response:
 
 async def _resources(request: web.Request) -> web.Response:
     return web.json_response(request.app[VIEWS].resources(), dumps=_dumps)
+
+
+async def _config_dump(request: web.Request) -> web.Response:
+    proxy = request.query.get("proxy", "")
+    if not proxy:
+        return web.Response(status=400, text="name the proxy: /debug/config_dump?proxy=<node id>\n")
+    dump = request.app[VIEWS].config_dump(proxy)
+    if dump is None:
+        return web.Response(status=404, text=f"no configuration for proxy {proxy!r} (see /debug/syncz)\n")
+    return web.json_response(dump, dumps=_dumps)
 
 
 def _dumps(data: Any) -> str:

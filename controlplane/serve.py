@@ -25,7 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf import any_pb2, json_format
 
 from meshplane.controlplane import admin, ir, state, wire, xdsauth
 from meshplane.controlplane.admission import StandaloneAdmission
@@ -303,7 +303,17 @@ class ControlPlane:
     # ------------------------------------------------------------------------------ admin
 
     def _views(self) -> admin.Views:
-        return admin.Views(healthy=lambda: self.controller.rounds > 0, syncz=self._syncz, resources=self._resources)
+        return admin.Views(healthy=lambda: self.controller.rounds > 0, syncz=self._syncz, resources=self._resources,
+                           config_dump=self._config_dump)
+
+    def _config_dump(self, node_id: str) -> Any:
+        """What ``node_id`` was last given (None if nothing), by type, private keys redacted."""
+        snapshot = self.cache.get(node_id)
+        if snapshot is None:
+            return None
+        return {TypeUrl(t).short: {"version": snapshot.version(t),
+                                   "resources": [dump_resource(r) for _, r in sorted(snapshot.items(t).items())]}
+                for t in names.PUSH_ORDER}
 
     def _syncz(self) -> Any:
         states = self.xds.ads.sync_states() if self.xds is not None else {}
@@ -404,3 +414,16 @@ async def run(options: Options) -> None:
     finally:
         log.info("stopping")
         await plane.stop()
+
+
+REDACTED = "[redacted]"
+
+
+def dump_resource(resource: Resource) -> Any:
+    """A resource as JSON, as the proxy received it, except that a private key never leaves the process."""
+    packed = any_pb2.Any(type_url=str(resource.type_url.value), value=resource.body)
+    data: dict[str, Any] = json_format.MessageToDict(packed, preserving_proto_field_name=True)
+    key = data.get("tls_certificate", {}).get("private_key")
+    if key is not None:
+        data["tls_certificate"]["private_key"] = REDACTED
+    return data

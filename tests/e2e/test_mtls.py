@@ -8,6 +8,7 @@ that a STRICT listener wants a client certificate, without trusting our own tran
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import ssl
 import tempfile
@@ -115,6 +116,7 @@ def test_mtls_modes_between_real_sidecars(tmp_path: Path, mode: str) -> None:
             status, uris = mtls_get(m, inbound, with_certificate=True)
             assert status == 200 and uris == [REVIEWS_ID], "Envoy presents the service's SPIFFE identity"
             assert upstream_handshakes(m) > 0, "the caller's sidecar originated TLS"
+            check_config_dump(m)
         elif mode == "PERMISSIVE":
             assert plaintext_get(inbound, client) == 200, "plaintext is accepted too, from a workload the policy admits"
             status, uris = mtls_get(m, inbound, with_certificate=True)
@@ -129,3 +131,19 @@ def test_mtls_modes_between_real_sidecars(tmp_path: Path, mode: str) -> None:
         if mode != "DISABLED":
             assert mtls_get(m, inbound, with_certificate=True, service="intruder")[0] == 403, \
                 "a mesh identity no policy names is refused (RBAC)"
+
+
+def check_config_dump(m: Mesh) -> None:
+    """/debug/config_dump shows what a proxy was sent, per type and version, with its private key redacted."""
+    assert m.admin("/debug/config_dump")[0] == 400
+    assert m.admin("/debug/config_dump?proxy=nobody")[0] == 404
+    status, body = m.admin("/debug/config_dump?proxy=client")
+    assert status == 200, body
+    dump = json.loads(body)
+    syncz = {p["node"]: p for p in m.syncz()["proxies"]}["client"]["types"]
+    assert {t: dump[t]["version"] for t in syncz} == {t: s["acked"] for t, s in syncz.items()}, "what was ACKed"
+    clusters = [c["name"] for c in dump["CDS"]["resources"]]
+    assert "outbound|9080|shop/reviews-v1" in clusters
+    [certificate] = [s for s in dump["SDS"]["resources"] if "tls_certificate" in s]
+    assert certificate["tls_certificate"]["private_key"] == "[redacted]"
+    assert "PRIVATE KEY" not in body and "private_key\": {" not in body
