@@ -10,16 +10,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
+import json
 import logging
 import sys
-from collections.abc import Sequence
+import urllib.request
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
 
-from meshplane.controlplane import crdfiles, crdgen, echo, manifests, proxyagent, sidecar
+from meshplane.controlplane import crdfiles, crdgen, echo, manifests, proxyagent, sidecar, tables
 from meshplane.controlplane.manifests import Finding
 from meshplane.controlplane.validation import validate
 from meshplane.controlplane.world import Index
@@ -51,7 +54,34 @@ def _parser() -> argparse.ArgumentParser:
     _add_crds(commands)
     iptables.add_parser(commands)
     proxyagent.add_parser(commands)
+    _add_admin_views(commands)
     return parser
+
+
+def _add_admin_views(commands: Any) -> None:
+    for name, help_text, render in (
+            ("status", "every mesh object and its conditions, from a running control plane", tables.status_table),
+            ("proxy-status", "every connected proxy and its sync state per xDS type", tables.proxy_status_table)):
+        view = commands.add_parser(name, help=help_text)
+        view.add_argument("--admin-address", default="127.0.0.1:15014", metavar="HOST:PORT",
+                          help="the admin address of meshplane serve (default 127.0.0.1:15014)")
+        path = "/debug/resources" if name == "status" else "/debug/syncz"
+        view.set_defaults(run=functools.partial(_admin_view, path=path, render=render))
+
+
+def _admin_view(args: argparse.Namespace, out: TextIO, err: TextIO, *, path: str,
+                render: Callable[[Any], str]) -> int:
+    """Fetch ``path`` from the control plane's admin API and print it as a table."""
+    url = f"http://{args.admin_address}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            data = json.loads(reply.read())
+    except (OSError, ValueError) as exc:
+        print(f"meshplane: cannot read {url} ({exc}); is `meshplane serve` running with that --admin-address?",
+              file=err)
+        return 2
+    out.write(render(data))
+    return 0
 
 
 def _add_validate(commands: Any) -> None:

@@ -10,6 +10,7 @@ caller's sidecar (no filter chain matches its SNI).
 from __future__ import annotations
 
 import http.client
+import io
 import ssl
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from meshplane.controlplane.cli import main
 from tests.dnsstub import DnsStub
 from tests.e2e.harness import Mesh, mesh
 from tests.e2e.test_canary import APP_PORT, HOST, PORT, allow, obj
@@ -100,6 +102,19 @@ def test_a_source_the_policy_does_not_name_is_refused_while_the_named_one_succee
         intruder = [get(m, 20, HOST) for _ in range(20)]
         assert client == [200] * 20
         assert intruder == [(403, DENIED)] * 20
+        check_admin_commands(m)
+
+
+def check_admin_commands(m: Mesh) -> None:
+    """``meshplane status`` and ``proxy-status`` read the running control plane (every proxy SYNCED)."""
+    for command, expected in (("proxy-status", ["client", "intruder", "reviews-v1"]),
+                              ("status", ["AccessPolicy", "Mesh", "VirtualService"])):
+        out, err = io.StringIO(), io.StringIO()
+        assert main([command, "--admin-address", f"127.0.0.1:{m.admin_port}"], out=out, err=err) == 0, err.getvalue()
+        rows = out.getvalue().splitlines()[1:]
+        assert sorted({row.split()[0] for row in rows if row.strip()} & set(expected)) == expected
+    synced = [row for row in rows if row.startswith("Mesh")]
+    assert synced and synced[0].split()[3:] == ["True", "True", "True"]
 
 
 def test_only_allowed_external_hosts_are_reachable_through_the_sidecar(tmp_path: Path) -> None:
