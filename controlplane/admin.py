@@ -7,6 +7,7 @@ Routes:
   SYNCED / STALE / NOT SENT, and the last NACK with its message;
 * ``GET /debug/resources`` — every accepted object with its status conditions, and every object the
   config directory holds that was not accepted, with the problems that kept it out;
+* ``GET /metrics`` — the control plane's metrics in Prometheus' text format (see :mod:`metrics`);
 * ``GET /debug/config_dump?proxy=ID`` — exactly what the proxy was last given, per type, with versions,
   as JSON (private keys replaced by ``[redacted]``); 404 for a proxy with no configuration.
 
@@ -34,6 +35,7 @@ class Views:
     syncz: Callable[[], Any]
     resources: Callable[[], Any]
     config_dump: Callable[[str], Any] = lambda proxy: None  # None: no such proxy
+    metrics: Callable[[], bytes] = lambda: b""  # Prometheus exposition text
 
 
 VIEWS = web.AppKey("views", Views)
@@ -46,7 +48,12 @@ def create_app(views: Views) -> web.Application:
     app.router.add_get("/debug/syncz", _syncz)
     app.router.add_get("/debug/resources", _resources)
     app.router.add_get("/debug/config_dump", _config_dump)
+    app.router.add_get("/metrics", _metrics)
     return app
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[VIEWS].metrics(), headers={"Content-Type": "text/plain; version=0.0.4"})
 
 
 async def _healthz(request: web.Request) -> web.Response:

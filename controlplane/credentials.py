@@ -102,6 +102,10 @@ class Credentials:
         self.issued_count += 1
         return held
 
+    def earliest_expiry(self) -> datetime | None:
+        """When the first held workload certificate expires (None while none is held)."""
+        return min((held.issued.not_after for held in self._held.values()), default=None)
+
     def keep_only(self, node_ids: set[str]) -> None:
         """Drop the credentials of proxies that are gone: their keys do not stay in memory."""
         for node in [n for n in self._held if n not in node_ids]:

@@ -83,6 +83,7 @@ class Controller(Generic[T]):
     workloads: dict[str, ir.Workload] = field(default_factory=dict)
     rounds: int = 0
     last_round_seconds: float = 0.0
+    round_started: float = 0.0  # perf_counter() at the start of the latest round
     _inputs: dict[str, object] = field(default_factory=dict)
     _views: dict[str | None, object] = field(default_factory=dict)
     _leaving: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
@@ -139,7 +140,7 @@ class Controller(Generic[T]):
 
     async def reconcile(self) -> None:
         """One round: sync, build, status, render and publish for affected workloads."""
-        started = time.perf_counter()
+        started = self.round_started = time.perf_counter()
         self.source.sync()
         self.config, self.problems = build(self.source.world, self.workloads.values())
         statuses = compute_status(self.source.world, now=_now(), problems=self.problems,

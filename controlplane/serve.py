@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -31,6 +32,7 @@ from meshplane.controlplane import admin, ir, state, wire, xdsauth
 from meshplane.controlplane.admission import StandaloneAdmission
 from meshplane.controlplane.configdir import ConfigDir
 from meshplane.controlplane.credentials import DEFAULT_TTL, Credentials
+from meshplane.controlplane.metrics import Metrics
 from meshplane.controlplane.model import ConditionStatus, Kind, ObjectKey
 from meshplane.controlplane.reconcile import Controller, Timing
 from meshplane.controlplane.status import DataPlaneState
@@ -192,13 +194,16 @@ class ControlPlane:
         self._tasks: list[asyncio.Task[None]] = []
         self._streams: dict[int, str] = {}
         self._unpublished: dict[str, str] = {}  # node id → why its latest snapshot was not published
+        self.metrics = Metrics()
+        self._changed_at: dict[str, float] = {}  # node id → start of the round that changed it (not yet ACKed)
+        self._certificates_counted = 0
 
     async def start(self) -> None:
         state.ensure(self.options.state_dir)
         self.controller.remember(state.read_workloads(self.options.state_dir), self.options.restart_grace)
         await self.controller.reconcile()  # serve a complete mesh to the very first proxy
         callbacks = Callbacks(on_stream_open=self._open, on_stream_close=self._close,
-                              on_ack=self._acked, on_nack=self._nacked)
+                              on_ack=self._acked, on_nack=self._nacked, on_response=self._responded)
         xds_host, _ = _split(self.options.xds_address)
         credentials = xdsauth.server_credentials(self.options.state_dir, xds_host)
         self.xds, self.xds_port = await serve_xds(self.options.xds_address, self.cache, callbacks,
@@ -264,14 +269,17 @@ class ControlPlane:
         """Publish a consistent snapshot; otherwise keep the last good one and report why on the proxy's
         virtual deployment (through :func:`data_plane_state`)."""
         try:
-            self.cache.set(workload.node_id, snapshot)
+            changed = self.cache.set(workload.node_id, snapshot)
         except InconsistentSnapshotError as exc:
             self._unpublished[workload.node_id] = "; ".join(exc.problems)
             log.error("not publishing to %s, keeping its last good configuration: %s", workload.node_id, exc)
             return
         self._unpublished.pop(workload.node_id, None)
+        if changed:
+            self._changed_at.setdefault(workload.node_id, self.controller.round_started)
 
     def _after_round(self, config: ir.MeshConfig) -> None:
+        self.metrics.round_seconds.observe(time.perf_counter() - self.controller.round_started)
         state.write_deployments(self.options.state_dir, config)
         state.write_workloads(self.options.state_dir, list(self.controller.workloads.values()))
         self.credentials.keep_only(set(self.controller.workloads))
@@ -288,9 +296,31 @@ class ControlPlane:
             self.controller.disconnect(node_id)
 
     def _acked(self, node_id: str, type_url: str, version: str) -> None:
+        self.metrics.acks.labels(TypeUrl(type_url).short).inc()
+        states = self.xds.ads.sync_states().get(node_id, {}) if self.xds is not None else {}
+        if node_id in self._changed_at and states and all(s.status == "SYNCED" for s in states.values()):
+            self.metrics.convergence.observe(time.perf_counter() - self._changed_at.pop(node_id))
         self.controller.poke()  # ServiceMeshActive may now be True
 
+    def _responded(self, node_id: str, type_url: str, version: str) -> None:
+        self.metrics.pushes.labels(TypeUrl(type_url).short).inc()
+
+    def _metrics(self) -> bytes:
+        """Refresh the gauges that are read rather than counted, then the exposition text."""
+        workloads = list(self.controller.workloads.values())
+        connected = set(self._streams.values())
+        for kind, gateway in (("sidecar", False), ("gateway", True)):
+            self.metrics.proxies.labels(kind).set(sum(1 for w in workloads if w.node_id in connected
+                                                      and (w.gateway is not None) is gateway))
+        expiry = self.credentials.earliest_expiry()
+        if expiry is not None:
+            self.metrics.expiry.set((expiry - self.credentials.now()).total_seconds())
+        self.metrics.certificates.inc(self.credentials.issued_count - self._certificates_counted)
+        self._certificates_counted = self.credentials.issued_count
+        return self.metrics.exposition()
+
     def _nacked(self, node_id: str, type_url: str, version: str, message: str) -> None:
+        self.metrics.nacks.labels(TypeUrl(type_url).short).inc()
         log.warning("proxy %s rejected %s version %s: %s", node_id, type_url.rsplit(".", 1)[-1], version, message)
         self.controller.poke()
 
@@ -304,7 +334,7 @@ class ControlPlane:
 
     def _views(self) -> admin.Views:
         return admin.Views(healthy=lambda: self.controller.rounds > 0, syncz=self._syncz, resources=self._resources,
-                           config_dump=self._config_dump)
+                           config_dump=self._config_dump, metrics=self._metrics)
 
     def _config_dump(self, node_id: str) -> Any:
         """What ``node_id`` was last given (None if nothing), by type, private keys redacted."""

@@ -115,6 +115,24 @@ def check_admin_commands(m: Mesh) -> None:
         assert sorted({row.split()[0] for row in rows if row.strip()} & set(expected)) == expected
     synced = [row for row in rows if row.startswith("Mesh")]
     assert synced and synced[0].split()[3:] == ["True", "True", "True"]
+    check_metrics(m)
+
+
+def check_metrics(m: Mesh) -> None:
+    """/metrics: three sidecars connected, pushes and ACKs per type, convergence observed, certificates held."""
+    status, text = m.admin("/metrics")
+    assert status == 200, text
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line and not line.startswith("#")}
+    assert samples['meshplane_proxies_connected{kind="sidecar"}'] == 3
+    for kind in ("CDS", "EDS", "LDS", "RDS", "SDS"):
+        assert samples[f'meshplane_xds_pushes_total{{type="{kind}"}}'] > 0
+        assert samples[f'meshplane_xds_acks_total{{type="{kind}"}}'] > 0
+    assert samples["meshplane_convergence_seconds_count"] >= 3, "every sidecar's first configuration converged"
+    assert samples["meshplane_reconcile_round_seconds_count"] > 0
+    # client and reviews-v1; the intruder may call nothing and serves nothing, so it needs no certificate
+    assert samples["meshplane_workload_certificates_issued_total"] == 2
+    assert 0 < samples["meshplane_certificate_earliest_expiry_seconds"] <= 86_400
 
 
 def test_only_allowed_external_hosts_are_reachable_through_the_sidecar(tmp_path: Path) -> None:
