@@ -323,7 +323,7 @@ class MeshConfig:
         return self._deployments.get(key)
 
     def gateway(self, key: str) -> Gateway | None:
-        return next((g for g in self.gateways if g.key == key), None)
+        return self.memo("gateways", lambda: {g.key: g for g in self.gateways}).get(key)
 
     def mesh_services(self, mesh: str) -> tuple[Service, ...]:
         return self.memo(("mesh_services", mesh), lambda: tuple(s for s in self.services if s.mesh == mesh))

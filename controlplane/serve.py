@@ -103,8 +103,10 @@ class Renderer:
         gateway = config.gateway(workload.gateway or "")
         if gateway is None:
             return Snapshot()
-        own = [Resource.of(b.message, b.refs) for b in translate_gateway(config, workload)]
-        return Snapshot((*own, *self._secrets(config, workload, gateway.mesh, gateway_secrets(config, workload))))
+        built = translate_gateway(config, workload)
+        own = [Resource.of(b.message, b.refs) for b in built]
+        required = gateway_secrets(config, workload, built)
+        return Snapshot((*own, *self._secrets(config, workload, gateway.mesh, required)))
 
     def _secrets(self, config: ir.MeshConfig, workload: ir.Workload, mesh_key: str,
                  required: tuple[tuple[str, str], ...] | None = None) -> list[Resource]:
@@ -297,9 +299,10 @@ class ControlPlane:
 
     def _acked(self, node_id: str, type_url: str, version: str) -> None:
         self.metrics.acks.labels(TypeUrl(type_url).short).inc()
-        states = self.xds.ads.sync_states().get(node_id, {}) if self.xds is not None else {}
-        if node_id in self._changed_at and states and all(s.status == "SYNCED" for s in states.values()):
-            self.metrics.convergence.observe(time.perf_counter() - self._changed_at.pop(node_id))
+        if node_id in self._changed_at and self.xds is not None:
+            states = self.xds.ads.sync_state(node_id)  # this proxy only: ACKs are a hot path
+            if states and all(s.status == "SYNCED" for s in states.values()):
+                self.metrics.convergence.observe(time.perf_counter() - self._changed_at.pop(node_id))
         self.controller.poke()  # ServiceMeshActive may now be True
 
     def _responded(self, node_id: str, type_url: str, version: str) -> None:

@@ -73,11 +73,14 @@ def translate_gateway(config: ir.MeshConfig, workload: ir.Workload) -> Resources
     return merge(listeners, plan.routes, *clusters)
 
 
-def gateway_secrets(config: ir.MeshConfig, workload: ir.Workload) -> tuple[tuple[str, str], ...]:
+def gateway_secrets(config: ir.MeshConfig, workload: ir.Workload,
+                    resources: Resources | None = None) -> tuple[tuple[str, str], ...]:
     """The secrets a gateway proxy's resources name, as (secret name, what it holds), sorted: its own
     certificate and the mesh's roots (when it calls a mutual TLS service), and its hosts' certificates
-    and CA bundles (the Secret's key ``namespace/name``)."""
-    resources = translate_gateway(config, workload)
+    and CA bundles (the Secret's key ``namespace/name``). ``resources``: the proxy's, when the caller
+    already translated them (else they are translated here)."""
+    if resources is None:
+        resources = translate_gateway(config, workload)
     gateway = config.gateway(workload.gateway or "")
     wanted = {name for b in resources for kind, name in b.refs if kind == names.SECRET_TYPE}
     if gateway is None:

@@ -763,6 +763,10 @@ def _egress(config: ir.MeshConfig, mesh: str, identity: str) -> _EgressPlan:
     port). TCP by address needs transparent capture (the destination address is only known there),
     so explicit-capture proxies get nothing for it: such traffic stays refused.
     """
+    return config.memo(("egress", mesh, identity), lambda: _egress_plan(config, mesh, identity))
+
+
+def _egress_plan(config: ir.MeshConfig, mesh: str, identity: str) -> _EgressPlan:
     found = config.mesh(mesh)
     allowed = [e for e in found.egress if e.callers.admits(identity)] if found is not None else []
     tls: dict[int, list[str]] = {}
