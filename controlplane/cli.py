@@ -23,11 +23,16 @@ from typing import Any, TextIO
 import yaml
 
 from meshplane.controlplane import crdfiles, crdgen, echo, manifests, proxyagent, sidecar, tables
+from meshplane.controlplane.analyze import Severity as LintSeverity
+from meshplane.controlplane.analyze import analyze
 from meshplane.controlplane.manifests import Finding
+from meshplane.controlplane.model import AnyObject
 from meshplane.controlplane.validation import validate
 from meshplane.controlplane.world import Index
 from meshplane.injector import iptables
 from meshplane.xds.bootstrap import render_bootstrap
+
+from meshplane.controlplane import proxyconfig  # isort: skip
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -47,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
                                      "OCI Service Mesh Kubernetes API (servicemesh.oci.oracle.com/v1beta1).")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_validate(commands)
+    _add_analyze(commands)
     _add_serve(commands)
     _add_bootstrap(commands)
     _add_echo(commands)
@@ -55,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     iptables.add_parser(commands)
     proxyagent.add_parser(commands)
     _add_admin_views(commands)
+    proxyconfig.add_parser(commands)
     return parser
 
 
@@ -93,6 +100,19 @@ def _add_validate(commands: Any) -> None:
     check.set_defaults(run=_validate)
 
 
+def _add_analyze(commands: Any) -> None:
+    lint = commands.add_parser("analyze", help="find configuration that is valid but will not work as meant",
+                               description="Lint manifests beyond validation: routes to deployments that can "
+                               "have no endpoints, all-zero splits, services nobody may call, access policy rules "
+                               "that match nothing, hosts claimed twice, mTLS surprises (codes MA001-MA009, see "
+                               "docs/analyze.md). Objects with validation errors are skipped and listed. Exit "
+                               "status: 0 when no finding is at warning level, 1 when one is (or an input was "
+                               "skipped), 2 when the command line is wrong.")
+    lint.add_argument("-f", "--filename", dest="paths", action="append", required=True, metavar="PATH",
+                      help="a YAML/JSON file or a directory (repeatable)")
+    lint.set_defaults(run=_analyze)
+
+
 def _add_serve(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the control plane on a config directory (standalone mode)",
                                 description="Load every YAML manifest under --config-dir, validate object by object "
@@ -116,6 +136,8 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument("--proxy-xds-address", metavar="HOST:PORT",
                        help="the control plane's address as injected sidecars dial it (default: --xds-address)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", default="text", choices=["text", "json"],
+                       help="text (default) for people, or json: one object per line for log collectors")
     serve.set_defaults(run=_serve)
 
 
@@ -133,7 +155,9 @@ def _add_bootstrap(commands: Any) -> None:
     boot.add_argument("--pod-ip", required=True, metavar="IP", help="the workload's own address (e.g. 127.0.0.11)")
     boot.add_argument("--app-port", action="append", default=[], metavar="LISTENER_PORT=APP_PORT",
                       help="where the application listens for each listener of the deployment (repeatable)")
-    boot.add_argument("--admin-port", type=int, default=15000, help="Envoy admin port on 127.0.0.1 (default 15000)")
+    boot.add_argument("--admin-port", type=int, default=15000,
+                      help="Envoy admin port on 127.0.0.1 (default 15000); the proxy serves its Prometheus stats on "
+                      "POD_IP:15006 from it (0: the kernel picks the port, and no stats are served)")
     boot.add_argument("--node-id", help="the proxy's identity (default: NAME.NAMESPACE-POD_IP)")
     boot.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
                       help="how long to wait for the control plane to serve the deployment (default 10)")
@@ -182,12 +206,46 @@ def _validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 1 if errors else 0
 
 
+def _analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    loaded = manifests.load(args.paths)
+    valid, invalid, skipped = _analysis_inputs(loaded)
+    world = Index(valid, loaded.services, authoritative=False, knows_services=False)
+    findings = analyze(world, invalid=invalid)
+    for line in skipped + [finding.line() for finding in findings]:
+        print(line, file=out)
+    warnings = sum(1 for finding in findings if finding.severity is LintSeverity.WARNING)
+    print(f"{len(valid)} mesh object(s) analyzed: {warnings} warning(s), {len(findings) - warnings} info, "
+          f"{len(skipped)} skipped", file=err)
+    return 1 if warnings or skipped else 0
+
+
+def _analysis_inputs(loaded: manifests.Loaded) -> tuple[list[AnyObject], list[AnyObject], list[str]]:
+    """The objects that pass validation, those that do not, and one line per input analysis skips."""
+    world = Index((obj for _, obj in loaded.objects), loaded.services, authoritative=False, knows_services=False)
+    unreadable = [f for f in loaded.findings if f.kind in ("File", "Document")]
+    errors: dict[tuple[str, str, str], int] = {}
+    for finding in loaded.findings:
+        if finding.problem.is_error and finding not in unreadable:
+            key = (finding.kind, finding.namespace, finding.name)
+            errors[key] = errors.get(key, 0) + 1
+    valid: list[AnyObject] = []
+    invalid: list[AnyObject] = []
+    for _, obj in loaded.objects:
+        count = sum(1 for problem in validate(None, obj, world) if problem.is_error)
+        (invalid if count else valid).append(obj)
+        if count:
+            key = (obj.kind.value, obj.namespace, obj.name)
+            errors[key] = errors.get(key, 0) + count
+    skipped = [f"{kind} {namespace}/{name}: skipped: {count} validation error(s); run meshplane validate to see "
+               "them" for (kind, namespace, name), count in sorted(errors.items())]
+    return valid, invalid, [f.line() for f in unreadable] + skipped
+
+
 def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from meshplane.controlplane import serve
+    from meshplane.controlplane import logs, serve
     from meshplane.controlplane.reconcile import Timing
 
-    logging.basicConfig(level=args.log_level.upper(), stream=err,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(fmt=args.log_format, level=args.log_level, stream=err)
     timing = Timing(quiet=args.quiet_ms / 1000, max_delay=args.max_delay_ms / 1000)
     try:
         resolvers = tuple(sidecar.parse_address(value, "--egress-dns") for value in args.egress_dns)
@@ -217,7 +275,8 @@ def _bootstrap(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"meshplane bootstrap: {exc}", file=err)
         return 1
     args.output.write_text(yaml.safe_dump(render_bootstrap(spec), sort_keys=False))
-    print(f"wrote {args.output} for {spec.node_id}; run: envoy -c {args.output} --base-id <unique number>", file=err)
+    print(f"wrote {args.output} for {spec.node_id}; run: envoy -c {args.output} --base-id <unique number> "
+          "--file-flush-interval-msec 1000", file=err)
     return 0
 
 

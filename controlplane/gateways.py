@@ -88,8 +88,9 @@ def _gateway(ctx: _Context, gateway: AnyObject, mesh: ir.Mesh) -> ir.Gateway:
     _check_host_refs(ctx, gateway, tables)
     listeners = tuple(ir.GatewayListener(port, protocol, tuple(hosts))
                       for port, (protocol, hosts) in sorted(ports.items()) if hosts)
+    logging = bool(gateway.spec.access_logging and gateway.spec.access_logging.is_enabled)
     return ir.Gateway(key_of(gateway), mesh.key, gateway_identity(mesh.trust_domain, gateway), listeners,
-                      ctx.endpoints.get(key_of(gateway), ()))
+                      ctx.endpoints.get(key_of(gateway), ()), access_logging=logging)
 
 
 def _check_host_refs(ctx: _Context, gateway: AnyObject, tables: list[AnyObject]) -> None:

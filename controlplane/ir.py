@@ -279,6 +279,7 @@ class Gateway:
     identity: str
     listeners: tuple[GatewayListener, ...]
     endpoints: tuple[str, ...] = ()
+    access_logging: bool = False
 
 
 @dataclass(frozen=True)

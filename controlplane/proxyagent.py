@@ -44,7 +44,7 @@ from aiohttp import web
 from cryptography import x509
 from yarl import URL
 
-from meshplane.controlplane import admin, ir, sidecar, xdsauth
+from meshplane.controlplane import admin, ir, logs, sidecar, xdsauth
 from meshplane.controlplane.sockets import is_ip as _is_ip
 from meshplane.injector import iptables
 from meshplane.injector.pki import CAError, spiffe_id_for_xds_node
@@ -76,6 +76,10 @@ class AgentError(ValueError):
 # ------------------------------------------------------------------------------------------ bootstrap
 
 
+ACCESS_LOG_FLUSH_MS = "1000"
+"""How often Envoy writes buffered access log lines to stdout (Envoy's default is every 10 s)."""
+
+
 def agent_spec(env: Mapping[str, str], credentials: Path, xds_address: str, *,
                admin_port: int = 15000) -> BootstrapSpec:
     """The bootstrap of a sidecar in transparent capture, from the pod's environment and credentials.
@@ -101,7 +105,8 @@ def agent_spec(env: Mapping[str, str], credentials: Path, xds_address: str, *,
     metadata = {names.META_DEPLOYMENT: deployment, names.META_ADDRESS: pod_ip,
                 names.META_CAPTURE: ir.Capture.TRANSPARENT.value}
     tls = XdsTls(str(files["cert.pem"]), str(files["key.pem"]), str(files["ca.pem"]), host)
-    return BootstrapSpec(node, deployment, metadata, host, port, admin_port=admin_port, tls=tls)
+    return BootstrapSpec(node, deployment, metadata, host, port, admin_port=admin_port, tls=tls,
+                         stats_port=names.STATS_PORT, stats_tags=((names.TAG_PROXY_DEPLOYMENT, deployment),))
 
 
 def envoy_log_level(value: str | None) -> str:
@@ -357,7 +362,8 @@ async def run_agent(spec: BootstrapSpec, *, envoy: str, log_level: str, health_h
         config = _prepare(spec, private, owner)
         runner, port = await _serve_health(spec, health_host, health_port)
         try:
-            argv = [envoy, "-c", str(config), "--log-level", log_level, "--base-id", str(os.getpid())]
+            argv = [envoy, "-c", str(config), "--log-level", log_level, "--base-id", str(os.getpid()),
+                    "--file-flush-interval-msec", ACCESS_LOG_FLUSH_MS]
             return await _supervise(argv, private, owner, lambda pid: _started(on_start, Running(port, pid)))
         finally:
             await runner.cleanup()
@@ -529,11 +535,15 @@ def add_parser(commands: Any) -> None:
                        "else envoy on PATH)")
     proxy.add_argument("--no-setuid", action="store_true",
                        help=f"run Envoy as the current user instead of uid {PROXY_UID} (no traffic capture)")
+    proxy.add_argument("--log-level", default="info", choices=list(logs.LEVELS),
+                       help=f"the agent's own log level (default info; Envoy's is {ENV_LOG_LEVEL})")
+    proxy.add_argument("--log-format", default="text", choices=list(logs.FORMATS),
+                       help="text (default) for people, or json: one object per line for log collectors")
     proxy.set_defaults(run=_run)
 
 
 def _run(args: Any, out: TextIO, err: TextIO) -> int:
-    logging.basicConfig(level="INFO", stream=err, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(fmt=args.log_format, level=args.log_level, stream=err)
     try:
         spec = agent_spec(os.environ, args.credentials, args.xds_address, admin_port=args.admin_port)
         level = envoy_log_level(os.environ.get(ENV_LOG_LEVEL))

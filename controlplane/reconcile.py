@@ -84,6 +84,9 @@ class Controller(Generic[T]):
     rounds: int = 0
     last_round_seconds: float = 0.0
     round_started: float = 0.0  # perf_counter() at the start of the latest round
+    build_seconds: float = 0.0  # the latest round's build (objects → IR)
+    render_seconds: float = 0.0  # the latest round's renders (translate and serialise), all proxies together
+    rendered: int = 0  # proxies the latest round rendered
     _inputs: dict[str, object] = field(default_factory=dict)
     _views: dict[str | None, object] = field(default_factory=dict)
     _leaving: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
@@ -143,6 +146,7 @@ class Controller(Generic[T]):
         started = self.round_started = time.perf_counter()
         self.source.sync()
         self.config, self.problems = build(self.source.world, self.workloads.values())
+        self.build_seconds, self.render_seconds, self.rendered = time.perf_counter() - started, 0.0, 0
         statuses = compute_status(self.source.world, now=_now(), problems=self.problems,
                                   data_plane=self.data_plane())
         self.source.set_status(statuses)
@@ -158,7 +162,10 @@ class Controller(Generic[T]):
         inputs = self._inputs_of(workload)
         if self._inputs.get(workload.node_id) == inputs:
             return
+        began = time.perf_counter()
         rendered = self.render(self.config, workload)
+        self.render_seconds += time.perf_counter() - began
+        self.rendered += 1
         published = self.publish(workload, rendered)
         if published is not None:
             await published

@@ -198,6 +198,7 @@ class ControlPlane:
         self._unpublished: dict[str, str] = {}  # node id → why its latest snapshot was not published
         self.metrics = Metrics()
         self._changed_at: dict[str, float] = {}  # node id → start of the round that changed it (not yet ACKed)
+        self._sent_at: dict[tuple[str, str], float] = {}  # (node id, type URL) → when its latest response left
         self._certificates_counted = 0
 
     async def start(self) -> None:
@@ -245,7 +246,8 @@ class ControlPlane:
         context = StandaloneAdmission(self.source, self.options.state_dir, settings, dial_host)
         tls = webhook.server_ssl_context(xdsauth.authority(self.options.state_dir), [host],
                                          self.options.state_dir / "webhook")
-        self._webhook_runner, self.webhook_port = await webhook.start(webhook.create_app(context), host, port, tls)
+        app = webhook.create_app(context, observe=self.metrics.webhook)
+        self._webhook_runner, self.webhook_port = await webhook.start(app, host, port, tls)
         log.info("admission webhooks on port %d", self.webhook_port)
 
     # ------------------------------------------------------------------------------ wiring
@@ -279,9 +281,13 @@ class ControlPlane:
         self._unpublished.pop(workload.node_id, None)
         if changed:
             self._changed_at.setdefault(workload.node_id, self.controller.round_started)
+            self.metrics.config_bytes.observe(sum(len(resource.body) for resource in snapshot))
 
     def _after_round(self, config: ir.MeshConfig) -> None:
         self.metrics.round_seconds.observe(time.perf_counter() - self.controller.round_started)
+        self.metrics.build_seconds.observe(self.controller.build_seconds)
+        if self.controller.rendered:
+            self.metrics.translate_seconds.observe(self.controller.render_seconds)
         state.write_deployments(self.options.state_dir, config)
         state.write_workloads(self.options.state_dir, list(self.controller.workloads.values()))
         self.credentials.keep_only(set(self.controller.workloads))
@@ -296,9 +302,15 @@ class ControlPlane:
         node_id = self._streams.pop(stream_id, None)
         if node_id is not None and node_id not in self._streams.values():
             self.controller.disconnect(node_id)
+            for key in [key for key in self._sent_at if key[0] == node_id]:
+                del self._sent_at[key]
 
     def _acked(self, node_id: str, type_url: str, version: str) -> None:
-        self.metrics.acks.labels(TypeUrl(type_url).short).inc()
+        kind = TypeUrl(type_url).short
+        self.metrics.acks.labels(kind).inc()
+        sent_at = self._sent_at.pop((node_id, type_url), None)
+        if sent_at is not None:
+            self.metrics.push_seconds.labels(kind).observe(time.perf_counter() - sent_at)
         if node_id in self._changed_at and self.xds is not None:
             states = self.xds.ads.sync_state(node_id)  # this proxy only: ACKs are a hot path
             if states and all(s.status == "SYNCED" for s in states.values()):
@@ -307,6 +319,7 @@ class ControlPlane:
 
     def _responded(self, node_id: str, type_url: str, version: str) -> None:
         self.metrics.pushes.labels(TypeUrl(type_url).short).inc()
+        self._sent_at[(node_id, type_url)] = time.perf_counter()
 
     def _metrics(self) -> bytes:
         """Refresh the gauges that are read rather than counted, then the exposition text."""
@@ -324,6 +337,7 @@ class ControlPlane:
 
     def _nacked(self, node_id: str, type_url: str, version: str, message: str) -> None:
         self.metrics.nacks.labels(TypeUrl(type_url).short).inc()
+        self._sent_at.pop((node_id, type_url), None)
         log.warning("proxy %s rejected %s version %s: %s", node_id, type_url.rsplit(".", 1)[-1], version, message)
         self.controller.poke()
 
@@ -355,12 +369,22 @@ class ControlPlane:
             workload = self.controller.workloads.get(node_id)
             proxies.append({
                 "node": node_id, "deployment": workload.deployment if workload else None,
+                "gateway": workload.gateway if workload else None,
+                "identity": self._identity(workload) if workload else None,
                 "address": workload.address if workload else None,
                 "types": {TypeUrl(t).short: {"status": s.status, "sent": s.sent, "acked": s.acked,
                                                 "nacked": s.nacked, "nack_message": s.nack_message}
                           for t, s in types.items()},
             })
         return {"proxies": proxies}
+
+    def _identity(self, workload: ir.Workload) -> str | None:
+        """The SPIFFE ID a proxy proves: its virtual service's, or its ingress gateway's."""
+        config = self.controller.config
+        if workload.gateway is not None:
+            gateway = config.gateway(workload.gateway)
+            return gateway.identity if gateway is not None else None
+        return identity_of(config, workload)
 
     def _resources(self) -> Any:
         objects = [{"kind": o.kind.value, "namespace": o.namespace, "name": o.name,

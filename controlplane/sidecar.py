@@ -43,7 +43,8 @@ def bootstrap_spec(*, state_dir: Path, xds_address: str, deployment: str, pod_ip
     }
     tls = xdsauth.issue_proxy(state_dir, node, deployment, host)
     return BootstrapSpec(node, deployment, metadata, host, port, admin_port=admin_port, delta=delta, tls=tls,
-                         source_address=pod_ip)
+                         source_address=pod_ip, stats_host=pod_ip, stats_port=names.STATS_PORT,
+                         stats_tags=((names.TAG_PROXY_DEPLOYMENT, deployment),))
 
 
 def parse_address(value: str, flag: str) -> tuple[str, int]:
@@ -125,4 +126,5 @@ def gateway_spec(*, state_dir: Path, xds_address: str, gateway: str, pod_ip: str
     metadata = {names.META_GATEWAY: gateway, names.META_ADDRESS: pod_ip, names.META_CAPTURE: ir.Capture.EXPLICIT.value}
     tls = xdsauth.issue_proxy(state_dir, node, f"{xdsauth.GATEWAY_CLAIM}{gateway}", host)
     return BootstrapSpec(node, gateway, metadata, host, port, admin_port=admin_port, delta=delta, tls=tls,
-                         source_address=pod_ip)
+                         source_address=pod_ip, stats_host=pod_ip, stats_port=names.STATS_PORT,
+                         stats_tags=((names.TAG_PROXY_GATEWAY, gateway),))

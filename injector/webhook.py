@@ -66,6 +66,7 @@ import json
 import logging
 import re
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -156,15 +157,55 @@ ALLOWED = Verdict(True)
 # ------------------------------------------------------------------------------------- the server
 
 
-def create_app(context: AdmissionContext) -> web.Application:
-    """The webhook application: nine validating routes, ``/mutate-pod`` and ``/healthz``."""
-    app = web.Application(client_max_size=MAX_BODY)
+Observe = Callable[[str, str, float], None]
+"""Told of every review answered: (webhook, outcome, seconds). The webhook is its path without the leading
+``/`` (``mutate-pod``, ``validate-...``); the outcome is ``allowed``, ``denied`` or ``error`` (an HTTP error:
+a malformed review, an unknown path)."""
+
+
+def create_app(context: AdmissionContext, observe: Observe | None = None) -> web.Application:
+    """The webhook application: nine validating routes, ``/mutate-pod`` and ``/healthz``; ``observe``
+    hears of every review (metrics)."""
+    middlewares = [_observing(observe)] if observe is not None else []
+    app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
     app[CONTEXT] = context
     for kind in Kind:
         app.router.add_post(validate_path(kind), _validating_handler(kind))
     app.router.add_post(MUTATE_POD_PATH, _mutate_pod)
     app.router.add_get("/healthz", _healthz)
     return app
+
+
+def _observing(observe: Observe) -> Any:
+    """A middleware timing each review and telling ``observe`` how it ended (never ``/healthz``)."""
+    known = {MUTATE_POD_PATH, *(validate_path(kind) for kind in Kind)}
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/healthz":
+            return await handler(request)
+        started = time.perf_counter()
+        webhook = request.path.lstrip("/") if request.path in known else "other"
+        outcome = "error"
+        try:
+            response = await handler(request)
+            outcome = _outcome(response)
+            return response
+        finally:
+            observe(webhook, outcome, time.perf_counter() - started)
+    return middleware
+
+
+def _outcome(response: web.StreamResponse) -> str:
+    """``allowed`` or ``denied`` from an AdmissionReview response, ``error`` for anything else."""
+    body = getattr(response, "body", None)
+    if response.status >= 400 or not isinstance(body, bytes):
+        return "error"
+    try:
+        allowed = json.loads(body)["response"]["allowed"]
+    except (ValueError, KeyError, TypeError):
+        return "error"
+    return "allowed" if allowed is True else "denied"
 
 
 async def start(app: web.Application, host: str, port: int,

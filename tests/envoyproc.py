@@ -91,6 +91,13 @@ class Envoy:
     process: subprocess.Popen[bytes]
     admin_address_path: Path
     log_path: Path
+    stdout_path: Path | None = None  # what Envoy wrote to stdout (access logs)
+
+    def stdout_lines(self) -> list[str]:
+        """Every line Envoy has written to stdout so far."""
+        if self.stdout_path is None or not self.stdout_path.exists():
+            return []
+        return self.stdout_path.read_text(errors="replace").splitlines()
 
     def admin_url(self, timeout: float = 10.0) -> str:
         """``http://127.0.0.1:PORT`` once Envoy wrote its admin address (bounded wait)."""
@@ -144,15 +151,23 @@ def start_envoy(bootstrap: Mapping[str, Any] | Path, workdir: Path, *, log_level
     else:
         config = workdir / f"envoy-{base_id}.json"
         config.write_text(json.dumps(bootstrap))
+    stdout_path = workdir / f"stdout-{base_id}.log"
+    with stdout_path.open("wb") as stdout:
+        return _envoy(config, workdir, base_id=base_id, log_level=log_level, stdout=stdout, stdout_path=stdout_path)
+
+
+def _envoy(config: Path, workdir: Path, *, base_id: int, log_level: str, stdout: Any, stdout_path: Path) -> Envoy:
     return Envoy(
         subprocess.Popen(
             [str(envoy_path()), "-c", str(config), "--base-id", str(base_id), "--concurrency", "1",
+             "--file-flush-interval-msec", "200",
              "--admin-address-path", str(workdir / f"admin-{base_id}.txt"),
              "-l", log_level, "--log-path", str(workdir / f"envoy-{base_id}.log")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.DEVNULL,
         ),
         workdir / f"admin-{base_id}.txt",
         workdir / f"envoy-{base_id}.log",
+        stdout_path,
     )
 
 

@@ -7,6 +7,11 @@ address, capture mode and application ports), where the control plane is, and th
 loopback. Listeners, routes, clusters and endpoints all come over one ADS stream — State of the
 World or Delta (``delta=True``).
 
+Every proxy serves Envoy's Prometheus stats on ``stats_host:stats_port`` (15006, architecture §5): a
+static listener that forwards ``/stats/prometheus`` — and nothing else of the admin API — to the admin
+endpoint on loopback. It needs a known admin port (none when ``admin_port`` is 0). Stats carry the
+tags of :data:`names.STAT_TAG_REGEXES` and the proxy's own ``stats_tags`` (docs/observability.md).
+
 In explicit capture every upstream connection leaves from the workload's own address
 (``source_address``), as a pod's would: a receiving sidecar that cannot see a certificate (mTLS
 DISABLED) tells its callers apart by that address.
@@ -30,7 +35,10 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, duration_pb2, json_format, struct_pb2
 
+from meshplane.xds import messages, names
+
 XDS_CLUSTER = "meshplane-xds"
+STATS_PATH = "/stats/prometheus"
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 V3 = config_source_pb2.ApiVersion.V3
 
@@ -59,6 +67,9 @@ class BootstrapSpec:
     delta: bool = False
     tls: XdsTls | None = None
     source_address: str | None = None  # explicit capture: the workload's address, for every upstream connection
+    stats_host: str = "0.0.0.0"
+    stats_port: int | None = None  # None: no stats listener
+    stats_tags: tuple[tuple[str, str], ...] = ()  # (label, value) on every stat of this proxy
 
 
 def build_bootstrap(spec: BootstrapSpec) -> bootstrap_pb2.Bootstrap:
@@ -85,7 +96,31 @@ def build_bootstrap(spec: BootstrapSpec) -> bootstrap_pb2.Bootstrap:
     if spec.source_address is not None:
         bind = boot.cluster_manager.upstream_bind_config
         bind.source_address.CopyFrom(address_pb2.SocketAddress(address=spec.source_address, port_value=0))
+    _add_stats(boot, spec)
     return boot
+
+
+def _add_stats(boot: bootstrap_pb2.Bootstrap, spec: BootstrapSpec) -> None:
+    """Tag extraction for every stat, and the listener serving them to Prometheus (when it can reach admin)."""
+    config = boot.stats_config
+    config.use_all_default_tags.value = True
+    for tag, value in spec.stats_tags:
+        config.stats_tags.add(tag_name=tag, fixed_value=value)
+    for tag, regex in names.STAT_TAG_REGEXES:
+        config.stats_tags.add(tag_name=tag, regex=regex)
+    if spec.stats_port is None or spec.admin_port == 0:
+        return
+    boot.static_resources.clusters.append(cluster_pb2.Cluster(
+        name=names.ADMIN_CLUSTER, type=cluster_pb2.Cluster.STATIC, connect_timeout=duration_pb2.Duration(seconds=1),
+        load_assignment=messages.build_load_assignment(names.ADMIN_CLUSTER, [spec.admin_host], spec.admin_port)))
+    action = messages.build_route_action([(names.ADMIN_CLUSTER, 1)], timeout_ms=5_000)
+    route = messages.build_forward_route("prometheus", messages.build_path_match(STATS_PATH, grpc=False), action)
+    routes = messages.build_route_configuration(names.STATS_LISTENER, [
+        messages.build_virtual_host(names.STATS_LISTENER, ["*"], [route])])
+    manager = messages.build_http_connection_manager(names.STATS_LISTENER, route_config=routes)
+    chain = messages.build_filter_chain([manager], name=names.STATS_LISTENER)
+    boot.static_resources.listeners.append(messages.build_listener(
+        names.STATS_LISTENER, spec.stats_host, spec.stats_port, [chain], inbound=True))
 
 
 def _xds_tls_socket(tls: XdsTls) -> base_pb2.TransportSocket:

@@ -30,6 +30,7 @@ from meshplane.controlplane import ir
 from meshplane.xds import messages, names
 from meshplane.xds.translate import (
     DENIED_BODY,
+    AccessLog,
     Built,
     Ref,
     Resources,
@@ -40,6 +41,7 @@ from meshplane.xds.translate import (
     _proxy_tls,
     _unclaimed,
     _weights,
+    access_logs,
     merge,
 )
 
@@ -95,6 +97,12 @@ def gateway_secrets(config: ir.MeshConfig, workload: ir.Workload,
     return tuple(sorted((name, what) for name, what in found.items() if name in wanted))
 
 
+def _logs(gateway: ir.Gateway, http: bool) -> list[Any]:
+    """The gateway's access log (``accessLogging.isEnabled`` on the IngressGateway), else none."""
+    log = AccessLog("gateway", gateway.identity, gateway.key) if gateway.access_logging else None
+    return access_logs(log, http=http)
+
+
 def _listener(config: ir.MeshConfig, gateway: ir.Gateway, address: str, listener: ir.GatewayListener,
               plan: _Plan) -> Built | None:
     """A port's listener; None when it has nothing to serve (a TCP or TLS port with no usable rule: Envoy
@@ -133,7 +141,7 @@ def _http_chains(config: ir.MeshConfig, gateway: ir.Gateway, listener: ir.Gatewa
         ca = names.client_ca(host.ca_bundle.key) if host.ca_bundle is not None else None
         socket = messages.build_gateway_tls(certificate, client_ca=ca, client_names=host.client_names,
                                             require_client_certificate=host.tls is ir.ListenerTls.MUTUAL_TLS)
-        manager = messages.build_http_connection_manager(route_name, rds=route_name)
+        manager = messages.build_http_connection_manager(route_name, rds=route_name, access_log=_logs(gateway, True))
         chains.append(messages.build_filter_chain(
             [manager], name=route_name, server_names=server_names, transport_socket=socket,
             transport_protocol=messages.TLS_PROTOCOL if plain_hosts else ""))
@@ -143,7 +151,7 @@ def _http_chains(config: ir.MeshConfig, gateway: ir.Gateway, listener: ir.Gatewa
         route_name = names.gateway_routes(listener.port, None)
         plan.routes.append(_route_configuration(config, gateway, listener.port, plain_hosts, name=route_name,
                                                 plan=plan))
-        manager = messages.build_http_connection_manager(route_name, rds=route_name)
+        manager = messages.build_http_connection_manager(route_name, rds=route_name, access_log=_logs(gateway, True))
         chains.append(messages.build_filter_chain(
             [manager], name=route_name, transport_protocol=messages.PLAINTEXT_PROTOCOL if tls_hosts else ""))
         refs.add((names.ROUTE_TYPE, route_name))
@@ -252,8 +260,8 @@ def _l4_chains(config: ir.MeshConfig, gateway: ir.Gateway, listener: ir.GatewayL
             continue
         claimed.update(server_names)
         stat = f"{names.gateway_listener(listener.port)}|{host.name}"
-        chains.append(messages.build_filter_chain([messages.build_tcp_proxy(stat, weights)], name=stat,
-                                                  server_names=server_names))
+        proxy = messages.build_tcp_proxy(stat, weights, access_log=_logs(gateway, False))
+        chains.append(messages.build_filter_chain([proxy], name=stat, server_names=server_names))
         refs |= _cluster_refs(weights)
         if not tls:
             break

@@ -14,16 +14,18 @@ imported as ``<file>_v3`` (``envoy.config.cluster.v3.cluster_pb2`` → ``cluster
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
+from envoy.config.accesslog.v3 import accesslog_pb2 as accesslog_v3
 from envoy.config.cluster.v3 import cluster_pb2 as cluster_v3
 from envoy.config.core.v3 import address_pb2 as address_v3
 from envoy.config.core.v3 import base_pb2 as base_v3
 from envoy.config.core.v3 import config_source_pb2 as config_source_v3
 from envoy.config.core.v3 import extension_pb2 as core_extension_v3
 from envoy.config.core.v3 import protocol_pb2 as protocol_v3
+from envoy.config.core.v3 import substitution_format_string_pb2 as substitution_format_string_v3
 from envoy.config.endpoint.v3 import endpoint_components_pb2 as endpoint_components_v3
 from envoy.config.endpoint.v3 import endpoint_pb2 as endpoint_v3
 from envoy.config.listener.v3 import listener_components_pb2 as listener_components_v3
@@ -31,6 +33,7 @@ from envoy.config.listener.v3 import listener_pb2 as listener_v3
 from envoy.config.rbac.v3 import rbac_pb2 as rbac_v3
 from envoy.config.route.v3 import route_components_pb2 as route_components_v3
 from envoy.config.route.v3 import route_pb2 as route_v3
+from envoy.extensions.access_loggers.stream.v3 import stream_pb2 as stream_v3
 from envoy.extensions.clusters.dynamic_forward_proxy.v3 import cluster_pb2 as dfp_cluster_v3
 from envoy.extensions.common.dynamic_forward_proxy.v3 import dns_cache_pb2 as dns_cache_v3
 from envoy.extensions.filters.http.dynamic_forward_proxy.v3 import dynamic_forward_proxy_pb2 as dfp_http_v3
@@ -49,7 +52,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2 as tls_v3
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http_protocol_options_v3
 from envoy.type.matcher.v3 import regex_pb2 as regex_v3
 from envoy.type.matcher.v3 import string_pb2 as string_v3
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 
 # Envoy's well-known extension names.
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
@@ -63,6 +66,7 @@ DFP_CLUSTER = "envoy.clusters.dynamic_forward_proxy"
 CARES_RESOLVER = "envoy.network.dns_resolver.cares"
 TLS_INSPECTOR_FILTER = "envoy.filters.listener.tls_inspector"
 ORIGINAL_DST_FILTER = "envoy.filters.listener.original_dst"
+STDOUT_ACCESS_LOG = "envoy.access_loggers.stdout"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 
@@ -139,16 +143,17 @@ def build_protocol_options(upstream: Upstream) -> dict[str, any_pb2.Any]:
     return {HTTP_PROTOCOL_OPTIONS: pack(http_protocol_options_v3.HttpProtocolOptions(explicit_http_config=explicit))}
 
 
-def build_eds_cluster(name: str, *, upstream: Upstream, transport_socket: Any = None) -> Any:
+def build_eds_cluster(name: str, *, upstream: Upstream, transport_socket: Any = None, stat_name: str = "") -> Any:
     """A cluster whose endpoints arrive over ADS as the ClusterLoadAssignment ``name``.
 
     ``transport_socket`` (from :func:`build_upstream_tls`) makes it originate TLS; None is plaintext.
+    ``stat_name`` replaces the name in the cluster's stats (``alt_stat_name``) when given.
     """
     eds = cluster_v3.Cluster.EdsClusterConfig(eds_config=build_ads_config_source(), service_name=name)
     cluster = cluster_v3.Cluster(
         name=name, type=cluster_v3.Cluster.EDS, eds_cluster_config=eds,
         connect_timeout=build_duration(CONNECT_TIMEOUT_MS), lb_policy=cluster_v3.Cluster.ROUND_ROBIN,
-        typed_extension_protocol_options=build_protocol_options(upstream))
+        typed_extension_protocol_options=build_protocol_options(upstream), alt_stat_name=stat_name)
     if transport_socket is not None:
         cluster.transport_socket.CopyFrom(transport_socket)
     return cluster
@@ -285,17 +290,30 @@ def build_direct_response_route(name: str, match: Any, status: int, body: str | 
 # ----------------------------------------------------------------------------------------- filters
 
 
+def build_stdout_access_log(fields: Mapping[str, str]) -> Any:
+    """An access log writing one JSON object per request or connection to Envoy's stdout.
+
+    ``fields`` map keys to Envoy command operators (``%RESPONSE_CODE%``) or literal strings; a value that
+    is a single operator keeps its type (numbers stay numbers).
+    """
+    layout = struct_pb2.Struct()
+    layout.update(dict(fields))
+    text = substitution_format_string_v3.SubstitutionFormatString(json_format=layout)
+    return accesslog_v3.AccessLog(name=STDOUT_ACCESS_LOG, typed_config=pack(stream_v3.StdoutAccessLog(log_format=text)))
+
+
 def build_http_connection_manager(stat_prefix: str, *, rds: str | None = None, route_config: Any = None,
-                                  http_filters: Iterable[Any] = ()) -> Any:
+                                  http_filters: Iterable[Any] = (), access_log: Iterable[Any] = ()) -> Any:
     """An HTTP connection manager filter (codec AUTO: HTTP/1.1 or h2c by the client's preface).
 
     Routes come over RDS (``rds`` names the route configuration) or inline (``route_config``).
-    ``http_filters`` run in order before the router.
+    ``http_filters`` run in order before the router; ``access_log`` (:func:`build_stdout_access_log`)
+    records every request.
     """
     router = hcm_v3.HttpFilter(name=ROUTER_FILTER, typed_config=pack(router_v3.Router()))
     manager = hcm_v3.HttpConnectionManager(
         codec_type=hcm_v3.HttpConnectionManager.AUTO, stat_prefix=stat_prefix,
-        http_filters=[*http_filters, router])
+        http_filters=[*http_filters, router], access_log=list(access_log))
     if rds is not None:
         manager.rds.CopyFrom(hcm_v3.Rds(config_source=build_ads_config_source(), route_config_name=rds))
     else:
@@ -303,9 +321,11 @@ def build_http_connection_manager(stat_prefix: str, *, rds: str | None = None, r
     return listener_components_v3.Filter(name=HCM_FILTER, typed_config=pack(manager))
 
 
-def build_tcp_proxy(stat_prefix: str, weights: Weights, *, idle_timeout_ms: int | None = None) -> Any:
-    """A TCP proxy filter to one cluster, or split over several by weight (per connection)."""
-    proxy = tcp_proxy_v3.TcpProxy(stat_prefix=stat_prefix)
+def build_tcp_proxy(stat_prefix: str, weights: Weights, *, idle_timeout_ms: int | None = None,
+                    access_log: Iterable[Any] = ()) -> Any:
+    """A TCP proxy filter to one cluster, or split over several by weight (per connection); ``access_log``
+    records every connection when it closes."""
+    proxy = tcp_proxy_v3.TcpProxy(stat_prefix=stat_prefix, access_log=list(access_log))
     if len(weights) == 1:
         proxy.cluster = weights[0][0]
     else:

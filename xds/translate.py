@@ -56,6 +56,10 @@ Access policies (spec §5.4; docs/security.md): nothing is allowed unless a poli
 * **Egress**: external HTTP by Host (regex on ``:authority``) through a dynamic forward proxy cluster;
   external HTTPS by SNI on outbound TLS listeners, passed through to the host the SNI names.
 
+Access logs (``accessLogging.isEnabled`` on a virtual deployment; docs/observability.md): that
+deployment's proxies log every HTTP request (inbound and outbound listeners) and every inbound TCP
+connection as one JSON line on Envoy's stdout (:func:`access_logs`).
+
 Data plane model: explicit capture (architecture §5). Each workload has its own address; the sidecar
 binds ``address:<listener port>`` inbound and ``address:15001`` for outbound HTTP, routed by the
 Host/authority header; ``host:port`` reaches that port, a bare ``host`` the service's lowest HTTP port.
@@ -311,6 +315,7 @@ class _Destination:
     endpoints: tuple[str, ...]
     upstream: Upstream
     peer: str | None
+    stat_name: str  # names the destination service and deployment in Envoy's stats (names.outbound_stat_name)
 
 
 def _destinations(config: ir.MeshConfig, virtual_hosts: Iterable[_VirtualHost], l4: L4Plan) -> list[_Destination]:
@@ -340,7 +345,9 @@ def _destination(config: ir.MeshConfig, name: str, backend: ir.Backend, protocol
     service = config.service(deployment.service if deployment is not None else routing_service)
     peer = service.identity if service is not None and _mesh_tls(service.mtls, protocol) else None
     endpoints = deployment.endpoints if deployment is not None else ()
-    return _Destination(name, backend.port, endpoints, _upstream(protocol), peer)
+    stat_name = names.outbound_stat_name(service.key if service is not None else routing_service,
+                                         backend.deployment, backend.port)
+    return _Destination(name, backend.port, endpoints, _upstream(protocol), peer, stat_name)
 
 
 def _outbound_tls(config: ir.MeshConfig, mesh: str, identity: str) -> bool:
@@ -361,7 +368,8 @@ def _eds_cluster(destination: _Destination, tls: _ProxyTls) -> tuple[Built, Buil
     if destination.peer is not None:
         socket = messages.build_upstream_tls(tls.context(messages.build_uri_san_matcher(exact=destination.peer)))
         refs |= tls.refs
-    cluster = messages.build_eds_cluster(name, upstream=destination.upstream, transport_socket=socket)
+    cluster = messages.build_eds_cluster(name, upstream=destination.upstream, transport_socket=socket,
+                                         stat_name=destination.stat_name)
     endpoints = messages.build_load_assignment(assignment, destination.endpoints, destination.port)
     return (Built(names.CLUSTER_TYPE, name, cluster, frozenset(refs)),
             Built(names.ENDPOINT_TYPE, assignment, endpoints))
@@ -501,6 +509,58 @@ def _l4_chain(service: ir.Service, port: ir.ServicePort, server_names: Sequence[
     return _L4Chain(service.key, route, tuple(weights), tuple(server_names))
 
 
+# ------------------------------------------------------------------------------------- access logs
+
+_COMMON_FIELDS = {
+    "timestamp": "%START_TIME%",
+    "source_address": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "duration_ms": "%DURATION%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+}
+_HTTP_FIELDS = {
+    "authority": "%REQ(:AUTHORITY)%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "response_code": "%RESPONSE_CODE%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+}
+_TCP_FIELDS = {"bytes_received": "%BYTES_RECEIVED%", "bytes_sent": "%BYTES_SENT%"}
+
+
+@dataclass(frozen=True)
+class AccessLog:
+    """Who a proxy's access log lines speak for: the direction of its traffic, its own SPIFFE ID, and the
+    deployment or gateway key it serves."""
+
+    direction: str  # "inbound", "outbound" or "gateway"
+    identity: str
+    proxy: str
+
+
+def access_logs(log: AccessLog | None, *, http: bool) -> list[Any]:
+    """The access log of one connection manager or TCP proxy (none when ``log`` is None).
+
+    Identities: on inbound traffic the source is the caller's certificate (``-`` on plaintext) and the
+    destination this proxy; outbound and at a gateway, the destination is the certificate the upstream
+    presented. Field names are a contract (docs/observability.md).
+    """
+    if log is None:
+        return []
+    own = log.identity
+    source = own if log.direction == "outbound" else "%DOWNSTREAM_PEER_URI_SAN%"
+    destination = own if log.direction == "inbound" else "%UPSTREAM_PEER_URI_SAN%"
+    fields = {"direction": log.direction, "proxy": log.proxy, "source_identity": source,
+              "destination_identity": destination, **_COMMON_FIELDS, **(_HTTP_FIELDS if http else _TCP_FIELDS)}
+    return [messages.build_stdout_access_log(fields)]
+
+
+def _workload_log(deployment: ir.Deployment, service: ir.Service, direction: str) -> AccessLog | None:
+    return AccessLog(direction, service.identity, deployment.key) if deployment.access_logging else None
+
+
 # --------------------------------------------------------------------------------------- per proxy
 
 
@@ -525,7 +585,8 @@ def translate_inbound(config: ir.MeshConfig, workload: ir.Workload) -> Resources
     service = service_of(config, workload)
     if deployment is None or service is None:
         return ()
-    return merge(*(_inbound(config, service, workload.address, port, app_port)
+    log = _workload_log(deployment, service, "inbound")
+    return merge(*(_inbound(config, service, workload.address, port, app_port, log=log)
                    for port, app_port in _bound_ports(deployment, workload)))
 
 
@@ -539,9 +600,9 @@ def _bound_ports(deployment: ir.Deployment, workload: ir.Workload) -> list[tuple
 
 
 def _inbound(config: ir.MeshConfig, service: ir.Service, address: str, port: ir.Port,
-             app_port: int) -> tuple[Built, Built]:
+             app_port: int, *, log: AccessLog | None) -> tuple[Built, Built]:
     """One port's listener (plaintext, mutual TLS, or both by the TLS inspector) and its application cluster."""
-    inbound = _inbound_port(config, service, address, port, app_port)
+    inbound = _inbound_port(config, service, address, port, app_port, log=log)
     listener = messages.build_listener(inbound.name, address, port.number, inbound.chains, inbound=True,
                                        listener_filters=[messages.build_tls_inspector()] if inbound.permissive else [],
                                        continue_on_filter_timeout=inbound.permissive)
@@ -559,14 +620,15 @@ class _InboundPort:
     refs: frozenset[Ref]
 
 
-def _inbound_port(config: ir.MeshConfig, service: ir.Service, address: str, port: ir.Port, app_port: int, *,
-                  destination_port: int | None = None) -> _InboundPort:
+def _inbound_port(config: ir.MeshConfig, service: ir.Service, address: str, port: ir.Port, app_port: int,
+                  *, log: AccessLog | None, destination_port: int | None = None) -> _InboundPort:
     tls = _proxy_tls(config, service.mesh, service.identity)
     name = names.inbound(port.number)
     cluster = messages.build_static_cluster(name, address, app_port, upstream=_upstream(port.protocol))
     effective = service.mtls if _mesh_tls(service.mtls, port.protocol) else ir.Mtls.DISABLED
-    by_certificate = inbound_filters(port, name, _identity_principals(config, service))
-    by_address = inbound_filters(port, name, _address_principals(config, service))
+    logs = access_logs(log, http=port.protocol.is_http)
+    by_certificate = inbound_filters(port, name, _identity_principals(config, service), logs)
+    by_address = inbound_filters(port, name, _address_principals(config, service), logs)
     chains = _inbound_chains(name, effective, tls, by_certificate=by_certificate, by_address=by_address,
                              destination_port=destination_port)
     refs = {(names.CLUSTER_TYPE, name)} | (tls.refs if effective is not ir.Mtls.DISABLED else set())
@@ -629,7 +691,8 @@ def _caller_addresses(config: ir.MeshConfig, service: ir.Service) -> tuple[str, 
     return config.memo(("caller addresses", service.key), addresses)
 
 
-def inbound_filters(port: ir.Port, cluster: str, principals: Sequence[Any] = ()) -> list[Any]:
+def inbound_filters(port: ir.Port, cluster: str, principals: Sequence[Any] = (),
+                    access_log: Sequence[Any] = ()) -> list[Any]:
     """The network filters that let admitted callers through to the application behind ``cluster``.
 
     Shared by every filter chain of the port (mutual TLS and plaintext alike). Access policies come
@@ -639,12 +702,13 @@ def inbound_filters(port: ir.Port, cluster: str, principals: Sequence[Any] = ())
     """
     if not port.protocol.is_http:
         return [messages.build_rbac_network_filter(cluster, principals),
-                messages.build_tcp_proxy(cluster, [(cluster, 1)], idle_timeout_ms=port.idle_timeout_ms)]
+                messages.build_tcp_proxy(cluster, [(cluster, 1)], idle_timeout_ms=port.idle_timeout_ms,
+                                         access_log=access_log)]
     action = messages.build_route_action([(cluster, 1)], timeout_ms=port.request_timeout_ms,
                                          idle_timeout_ms=port.idle_timeout_ms)
     route = messages.build_forward_route(cluster, messages.build_route_match("/", grpc=False), action)
     routes = messages.build_route_configuration(cluster, [messages.build_virtual_host(cluster, ["*"], [route])])
-    return [messages.build_http_connection_manager(cluster, route_config=routes,
+    return [messages.build_http_connection_manager(cluster, route_config=routes, access_log=access_log,
                                                    http_filters=[messages.build_rbac_http_filter(principals)])]
 
 
@@ -670,7 +734,8 @@ def translate_outbound_listeners(config: ir.MeshConfig, workload: ir.Workload, r
         listeners.append(_l4_listener(workload.address, number, protocol, chains,
                                       _EgressChain(tls_egress.get(number, ()), cache)))
     http_filters = [messages.build_forward_proxy_http_filter(cache)] if egress.http else []
-    return merge([_outbound_http_listener(workload.address, http_filters)], listeners)
+    logs = access_logs(_workload_log(deployment, service, "outbound"), http=True)
+    return merge([_outbound_http_listener(workload.address, http_filters, logs)], listeners)
 
 
 def _mesh_tcp_ports(config: ir.MeshConfig, mesh: str) -> frozenset[int]:
@@ -679,9 +744,9 @@ def _mesh_tcp_ports(config: ir.MeshConfig, mesh: str) -> frozenset[int]:
         port.number for s in config.mesh_services(mesh) for port in s.ports if port.protocol is ir.Protocol.TCP))
 
 
-def _outbound_http_listener(address: str, http_filters: Sequence[Any]) -> Built:
+def _outbound_http_listener(address: str, http_filters: Sequence[Any], access_log: Sequence[Any]) -> Built:
     manager = messages.build_http_connection_manager(names.OUTBOUND_HTTP, rds=names.OUTBOUND_HTTP,
-                                                     http_filters=http_filters)
+                                                     http_filters=http_filters, access_log=access_log)
     chain = messages.build_filter_chain([manager], name=names.OUTBOUND_HTTP)
     listener = messages.build_listener(names.OUTBOUND_HTTP, address, names.OUTBOUND_HTTP_PORT, [chain], inbound=False)
     refs = frozenset({(names.ROUTE_TYPE, names.OUTBOUND_HTTP)})
@@ -850,9 +915,12 @@ def translate_transparent(config: ir.MeshConfig, workload: ir.Workload, resolver
     service = service_of(config, workload)
     if deployment is None or service is None:
         return ()
-    inbound = [_inbound_port(config, service, workload.address, port, app_port, destination_port=port.number)
+    log = _workload_log(deployment, service, "inbound")
+    inbound = [_inbound_port(config, service, workload.address, port, app_port, log=log,
+                             destination_port=port.number)
                for port, app_port in _bound_ports(deployment, workload)]
-    listeners = [_outbound_capture_listener(config, service, resolvers)]
+    outbound_logs = access_logs(_workload_log(deployment, service, "outbound"), http=True)
+    listeners = [_outbound_capture_listener(config, service, resolvers, outbound_logs)]
     if inbound:
         listeners.append(_inbound_capture_listener(inbound))
     egress: list[Built] = []
@@ -871,7 +939,8 @@ def _inbound_capture_listener(ports: Sequence[_InboundPort]) -> Built:
     return Built(names.LISTENER_TYPE, names.INBOUND_CAPTURE, listener, frozenset().union(*(p.refs for p in ports)))
 
 
-def _outbound_capture_listener(config: ir.MeshConfig, service: ir.Service, resolvers: Resolvers) -> Built:
+def _outbound_capture_listener(config: ir.MeshConfig, service: ir.Service, resolvers: Resolvers,
+                               access_log: Sequence[Any]) -> Built:
     _, l4 = _plans(config, service.mesh, service.identity)
     egress = _egress(config, service.mesh, service.identity)
     cache = messages.build_dns_cache(names.EGRESS_DNS_CACHE, resolvers)
@@ -892,7 +961,7 @@ def _outbound_capture_listener(config: ir.MeshConfig, service: ir.Service, resol
         refs.add((names.CLUSTER_TYPE, names.EGRESS_TCP_CLUSTER))
     http_filters = [messages.build_forward_proxy_http_filter(cache)] if egress.http else []
     manager = messages.build_http_connection_manager(names.OUTBOUND_HTTP, rds=names.OUTBOUND_HTTP,
-                                                     http_filters=http_filters)
+                                                     http_filters=http_filters, access_log=access_log)
     chains.append(messages.build_filter_chain([manager], name=names.OUTBOUND_HTTP))
     sni = bool(tls_egress) or any(protocol is ir.Protocol.TLS_PASSTHROUGH for protocol, _ in l4.values())
     # the TLS inspector reads SNI, and only TLS ports need it (it would hold a silent server-first client)

@@ -134,13 +134,14 @@ class Mesh:
         self.wait_for(lambda: _can_connect(self.address(host), port), 15, f"app {name} to listen")
 
     def start_sidecar(self, name: str, deployment: str, host: int, app_ports: dict[int, int] | None = None, *,
-                      wait: bool = True, gateway: bool = False) -> Envoy:
+                      wait: bool = True, gateway: bool = False, admin_port: int = 0) -> Envoy:
         """Write the sidecar's bootstrap with ``meshplane bootstrap`` and start the real Envoy on it
-        (``gateway``: a proxy of the ingress gateway ``deployment`` names instead)."""
+        (``gateway``: a proxy of the ingress gateway ``deployment`` names instead). ``admin_port`` 0 lets
+        the kernel pick Envoy's admin port, and then the proxy serves no stats on 15006."""
         out = self.root / f"bootstrap-{name}.yaml"
         which = "--ingress-gateway" if gateway else "--virtual-deployment"
         argv = ["bootstrap", "--state-dir", str(self.state_dir), "--xds-address", f"127.0.0.1:{self.xds_port}",
-                which, deployment, "--pod-ip", self.address(host), "--admin-port", "0",
+                which, deployment, "--pod-ip", self.address(host), "--admin-port", str(admin_port),
                 "--node-id", name, "-o", str(out)]
         for listener, app in (app_ports or {}).items():
             argv += ["--app-port", f"{listener}={app}"]
