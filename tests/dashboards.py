@@ -12,7 +12,7 @@ unbalanced bracket) with :class:`PromQLError`; metric names starting with ``:`` 
 ``ENVOY_METRICS`` is the set of Envoy stats the dashboard may use, with the labels the project relies
 on. An end-to-end test compares it with a real proxy's ``/stats/prometheus`` scrape: each name must be
 served, and each series carries a subset of its labels (plus Envoy's own, such as
-``envoy_cluster_name``): a sidecar's series carry ``proxy_service`` and ``proxy_deployment``, an ingress
+``envoy_cluster_name``): a sidecar's series carry ``proxy_deployment``, an ingress
 gateway's ``proxy_gateway``, and only outbound mesh clusters carry ``destination_service`` and
 ``destination_deployment``.
 """
@@ -31,8 +31,8 @@ DASHBOARD = Path(__file__).resolve().parents[1] / "dashboards" / "meshplane.json
 
 DESTINATION_LABELS = frozenset({"destination_service", "destination_deployment"})
 """On a proxy's outbound mesh clusters: the virtual service and virtual deployment called ("namespace/name")."""
-SIDECAR_LABELS = frozenset({"proxy_service", "proxy_deployment"})
-"""On every series of a sidecar: the virtual service and virtual deployment of the proxy reporting it."""
+SIDECAR_LABELS = frozenset({"proxy_deployment"})
+"""On every series of a sidecar: the virtual deployment of the proxy reporting it."""
 GATEWAY_LABELS = frozenset({"proxy_gateway"})
 """On every series of an ingress gateway proxy: the gateway reporting it."""
 _CLUSTER_LABELS = DESTINATION_LABELS | SIDECAR_LABELS | GATEWAY_LABELS

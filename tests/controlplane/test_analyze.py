@@ -9,7 +9,6 @@ configuration that is accepted and still does not work as meant.
 
 from __future__ import annotations
 
-import copy
 import io
 import re
 import textwrap
@@ -26,6 +25,7 @@ from meshplane.controlplane.cli import main
 from meshplane.controlplane.model import AnyObject, parse_object
 from meshplane.controlplane.validation import validate
 from meshplane.controlplane.world import Index
+from tests.controlplane.test_validation import DROP, apply_change
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT.parent / "shared" / "osok" / "samples"
@@ -115,7 +115,6 @@ spec:
 Manifest = dict[str, Any]
 Docs = dict[str, Manifest]  # "Kind/name" → manifest
 Edit = Callable[[Docs], None]
-DROP = object()  # as a value of `change`: remove the field
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -129,17 +128,7 @@ def change(target: str, changes: dict[str, Any]) -> Edit:
     """Set (or with DROP remove) fields of one baseline object, by dotted wire path (``a.b[0].c``)."""
     def edit(docs: Docs) -> None:
         for path, value in changes.items():
-            steps: list[str | int] = [int(i) if i else k for k, i in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path)]
-            node: Any = docs[target]
-            for step in steps[:-1]:
-                node = node.setdefault(step, {}) if isinstance(step, str) else node[step]
-            last = steps[-1]
-            if value is DROP:
-                del node[last]
-            elif isinstance(last, int) and last == len(node):
-                node.append(copy.deepcopy(value))
-            else:
-                node[last] = copy.deepcopy(value)
+            apply_change(docs[target], path, value)
     return edit
 
 

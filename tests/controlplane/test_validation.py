@@ -45,11 +45,12 @@ def m(name: str, changes: Mapping[str, Any] | None = None) -> Manifest:
     """A copy of baseline object ``name`` with ``changes`` (wire path → value, or DROP) applied."""
     doc = copy.deepcopy(BASE[name])
     for path, value in (changes or {}).items():
-        _apply(doc, path, value)
+        apply_change(doc, path, value)
     return doc
 
 
-def _apply(doc: Manifest, path: str, value: Any) -> None:
+def apply_change(doc: Manifest, path: str, value: Any) -> None:
+    """Set ``path`` (a wire path, ``a.b[0].c``) in ``doc`` to ``value``; DROP removes it; index len appends."""
     steps: list[str | int] = [int(i) if i else k for k, i in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path)]
     node: Any = doc
     for step in steps[:-1]:

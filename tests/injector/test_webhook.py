@@ -139,7 +139,9 @@ class Server:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         tls = server_ssl_context(ca, ["127.0.0.1", "localhost"], workdir)
-        self._runner, self.port = self._run(start(create_app(context), "127.0.0.1", 0, tls))
+        self.observed: list[tuple[str, str, float]] = []  # what the metrics hook heard: (webhook, outcome, s)
+        app = create_app(context, observe=lambda *seen: self.observed.append(seen))
+        self._runner, self.port = self._run(start(app, "127.0.0.1", 0, tls))
 
     def _run(self, coroutine: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=30)
@@ -654,6 +656,19 @@ def test_content_type_size_method_and_path_are_checked(server: Server, ctx: Fake
     assert server.request("GET", path).status == 405
     assert server.request("POST", "/validate-something-else", body, {"Content-Type": "application/json"}).status == 404
     assert server.request("GET", "/healthz") == Reply(200, b"ok\n")
+
+
+def test_every_review_is_observed_with_its_webhook_and_outcome_for_metrics(server: Server, ctx: FakeContext) -> None:
+    server.observed.clear()
+    post_review(server, created("shop-mesh"))
+    post_review(server, created(BY_KIND[Kind.MESH], INVALID[Kind.MESH][0]))
+    server.request("POST", validate_path(Kind.MESH), b"[]", {"Content-Type": "application/json"})
+    server.request("POST", "/validate-something-else", b"{}", {"Content-Type": "application/json"})
+    server.request("GET", "/healthz")
+    webhook = validate_path(Kind.MESH).lstrip("/")
+    assert [(name, outcome) for name, outcome, _ in server.observed] == [
+        (webhook, "allowed"), (webhook, "denied"), (webhook, "error"), ("other", "error")]
+    assert all(0 < seconds < 5 for _, _, seconds in server.observed)
 
 
 def test_every_registered_webhook_has_a_route() -> None:
