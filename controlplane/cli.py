@@ -135,6 +135,10 @@ def _add_serve(commands: Any) -> None:
                        help="the image injected pods run as their init container and sidecar")
     serve.add_argument("--proxy-xds-address", metavar="HOST:PORT",
                        help="the control plane's address as injected sidecars dial it (default: --xds-address)")
+    serve.add_argument("--stream-rate", type=float, default=500.0, metavar="PER_SECOND",
+                       help="new xDS streams admitted per second once --stream-burst is used up, so a herd of "
+                       "reconnecting proxies cannot starve the control plane (500; 0: no limit)")
+    serve.add_argument("--stream-burst", type=int, default=1000, help="new xDS streams admitted at once (1000)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", default="text", choices=["text", "json"],
                        help="text (default) for people, or json: one object per line for log collectors")
@@ -252,10 +256,15 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except sidecar.BootstrapError as exc:
         print(f"meshplane serve: {exc}", file=err)
         return 2
+    if args.stream_rate < 0 or args.stream_burst < 1:
+        print(f"meshplane serve: --stream-rate must be >= 0 and --stream-burst >= 1; got {args.stream_rate} and "
+              f"{args.stream_burst}", file=err)
+        return 2
     options = serve.Options(args.config_dir, args.state_dir, args.xds_address, args.admin_address, timing,
                             cert_ttl=timedelta(seconds=args.cert_ttl), egress_dns=resolvers,
                             webhook_address=args.webhook_address, sidecar_image=args.sidecar_image,
-                            proxy_xds_address=args.proxy_xds_address)
+                            proxy_xds_address=args.proxy_xds_address, stream_rate=args.stream_rate,
+                            stream_burst=args.stream_burst)
     asyncio.run(serve.run(options))
     return 0
 

@@ -43,7 +43,7 @@ from meshplane.xds.cache import InconsistentSnapshotError, Snapshot, SnapshotCac
 from meshplane.xds.ingress import gateway_secrets, translate_gateway
 from meshplane.xds.resources import Resource, TypeUrl
 from meshplane.xds.secrets import build_certificate_secret, build_trust_secret
-from meshplane.xds.server import Callbacks, StreamRefusedError, XdsServer, current_peer
+from meshplane.xds.server import Callbacks, StreamRate, StreamRefusedError, XdsServer, current_peer
 from meshplane.xds.server import serve as serve_xds
 from meshplane.xds.translate import mesh_of, required_secrets, translate_outbound, translate_proxy
 
@@ -64,6 +64,8 @@ class Options:
     webhook_address: str | None = None  # HOST:PORT of the admission webhooks (HTTPS); None: not served
     sidecar_image: str = "meshplane:latest"  # what injected pods run as init container and sidecar
     proxy_xds_address: str | None = None  # what injected sidecars dial (default: xds_address)
+    stream_rate: float = 500.0  # new xDS streams admitted per second after a burst (0: no limit)
+    stream_burst: int = 1000
 
 
 class Renderer:
@@ -209,8 +211,10 @@ class ControlPlane:
                               on_ack=self._acked, on_nack=self._nacked, on_response=self._responded)
         xds_host, _ = _split(self.options.xds_address)
         credentials = xdsauth.server_credentials(self.options.state_dir, xds_host)
+        rate = self.options.stream_rate
+        pace = StreamRate(rate, self.options.stream_burst) if rate > 0 else None
         self.xds, self.xds_port = await serve_xds(self.options.xds_address, self.cache, callbacks,
-                                                  credentials=credentials)
+                                                  credentials=credentials, stream_rate=pace)
         host, port = _split(self.options.admin_address)
         self._runner, self.admin_port = await admin.start(admin.create_app(self._views()), host, port)
         if self.options.webhook_address is not None:

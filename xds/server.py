@@ -32,6 +32,11 @@ stream only when a type's content version changes. Contracts and the traps they 
 * **Identity.** The first request must carry ``node.id``; ``Callbacks.on_stream_open`` may refuse the
   stream (the stream is then aborted with the refusal's status, PERMISSION_DENIED by default); during
   that call :func:`current_peer` tells who connected (address, TLS auth context).
+* **Thundering herds.** New streams are admitted at most ``stream_rate`` per second after a burst of
+  ``stream_burst`` (a token bucket, :class:`StreamRate`): a stream over the rate waits for its turn
+  before its first request is looked at, so a few thousand proxies reconnecting at once (a control
+  plane restart) are taken in at a pace the loop can render for, while connected proxies keep being
+  served. Waiting is cheap (a sleeping task); refusing would make Envoy back off for seconds.
 * **Shutdown.** :meth:`XdsServer.stop` refuses new streams (UNAVAILABLE), ends open ones with status
   OK (Envoy reconnects at once, to another replica if there is one), then stops the gRPC server.
 """
@@ -43,6 +48,7 @@ import contextvars
 import inspect
 import itertools
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -67,6 +73,28 @@ CHILD = {TypeUrl.CLUSTER: TypeUrl.ENDPOINT, TypeUrl.LISTENER: TypeUrl.ROUTE}
 RETAINABLE = (TypeUrl.CLUSTER, TypeUrl.ENDPOINT, TypeUrl.SECRET)
 """Types make-before-break keeps while in-use listeners/routes still name them."""
 _INBOX_SIZE = 16
+
+
+class StreamRate:
+    """A token bucket for new streams: ``rate`` per second on average, ``burst`` at once.
+
+    :meth:`reserve` takes a token now (the count may go negative: a queue of reservations) and says
+    how long the caller must wait for it, so callers are served in arrival order without a lock.
+    """
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"a stream rate needs rate > 0 and burst >= 1, not {rate} and {burst}")
+        self.rate, self.burst, self._clock = rate, burst, clock
+        self._tokens = float(burst)
+        self._updated = clock()
+
+    def reserve(self) -> float:
+        """Take a token; the seconds until it is due (0: at once)."""
+        now = self._clock()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._updated) * self.rate) - 1
+        self._updated = now
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -370,7 +398,11 @@ class _Stream:
             await _notify(self.ads.callbacks.on_stream_close, self.id, self.node)
 
     async def _admit(self, first: Any) -> None:
-        """Fix the stream's identity from the first request, or abort it."""
+        """Fix the stream's identity from the first request (in its turn under the stream rate), or abort it."""
+        if self.ads.stream_rate is not None:
+            wait = self.ads.stream_rate.reserve()
+            if wait > 0:
+                await asyncio.sleep(wait)
         if not first.HasField("node") or not first.node.id:
             await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first xDS request must carry node.id")
         refusal = await self._ask_admission(first.node)
@@ -378,6 +410,7 @@ class _Stream:
             log.warning("stream %d from %s refused: %s", self.id, first.node.id, refusal.message)
             await self.context.abort(refusal.code, refusal.message)
         self.node, self.node_id = first.node, first.node.id
+        self.ads._by_node.setdefault(self.node_id, {})[self.id] = self
 
     async def _ask_admission(self, node: Node) -> Refusal | None:
         hook = self.ads.callbacks.on_stream_open
@@ -763,10 +796,13 @@ class _DeltaStream(_Stream):
 class AggregatedDiscovery:
     """The ADS servicer (SotW and Delta) over a :class:`SnapshotCache`; knows nothing of the IR."""
 
-    def __init__(self, cache: SnapshotCache, callbacks: Callbacks | None = None, *, push_concurrency: int = 64) -> None:
+    def __init__(self, cache: SnapshotCache, callbacks: Callbacks | None = None, *, push_concurrency: int = 64,
+                 stream_rate: StreamRate | None = None) -> None:
         """``push_concurrency`` bounds how many responses are being written at once (memory held by
-        in-flight responses), after Istio's PILOT_PUSH_THROTTLE."""
+        in-flight responses), after Istio's PILOT_PUSH_THROTTLE; ``stream_rate`` paces new streams."""
         self.cache = cache
+        self.stream_rate = stream_rate
+        self._by_node: dict[str, dict[int, _Stream]] = {}  # node id → its admitted streams
         self.callbacks = callbacks or Callbacks()
         self._push_slots = asyncio.Semaphore(push_concurrency)
         self.nacks: Counter[tuple[str, str]] = Counter()
@@ -796,6 +832,11 @@ class AggregatedDiscovery:
             await stream.serve(requests)
         finally:
             del self._streams[stream.id]
+            mine = self._by_node.get(stream.node_id)
+            if mine is not None:
+                mine.pop(stream.id, None)
+                if not mine:
+                    del self._by_node[stream.node_id]
 
     def _linger(self, task: asyncio.Task[None]) -> None:
         """Keep a strong reference to a finishing task (the loop holds tasks only weakly)."""
@@ -804,10 +845,10 @@ class AggregatedDiscovery:
 
     def sync_state(self, node_id: str) -> dict[str, TypeSync]:
         """Per type URL, what the node's newest stream sent, what it ACKed and its last NACK."""
-        streams = [s for s in self._streams.values() if s.node_id == node_id]
+        streams = self._by_node.get(node_id)
         if not streams:
             return {}
-        newest = max(streams, key=lambda s: s.id)
+        newest = streams[max(streams)]
         return {t.value: state.sync for t, state in newest.types.items()}
 
     def sync_states(self) -> dict[str, dict[str, TypeSync]]:
@@ -816,11 +857,7 @@ class AggregatedDiscovery:
 
     def connected(self) -> dict[str, list[int]]:
         """Node id → ids of its open, admitted streams."""
-        nodes: dict[str, list[int]] = {}
-        for stream in self._streams.values():
-            if stream.node_id:
-                nodes.setdefault(stream.node_id, []).append(stream.id)
-        return nodes
+        return {node_id: sorted(streams) for node_id, streams in self._by_node.items()}
 
     def nack_count(self, node_id: str, type_url: str) -> int:
         """How many NACKs this node sent for this type since the server started."""
@@ -892,16 +929,18 @@ async def serve(
     credentials: grpc.ServerCredentials | None = None,
     max_streams: int | None = None,
     push_concurrency: int = 64,
+    stream_rate: StreamRate | None = None,
     max_message_bytes: int = 64 * 1024 * 1024,
     options: Sequence[tuple[str, Any]] = (),
 ) -> tuple[XdsServer, int]:
     """Start ADS on ``address`` (``host:port``; port 0 picks a free one); return the server and its port.
 
     ``credentials`` switches to TLS (mTLS: ``grpc.ssl_server_credentials(..., require_client_auth=True)``);
-    ``max_streams`` caps concurrent streams (further ones get RESOURCE_EXHAUSTED). The servicer, with
+    ``max_streams`` caps concurrent streams (further ones get RESOURCE_EXHAUSTED); ``stream_rate`` paces
+    new ones (module docstring). The servicer, with
     :meth:`AggregatedDiscovery.sync_state`, is ``server.ads``. Stop with ``await server.stop(grace)``.
     """
-    ads = AggregatedDiscovery(cache, callbacks, push_concurrency=push_concurrency)
+    ads = AggregatedDiscovery(cache, callbacks, push_concurrency=push_concurrency, stream_rate=stream_rate)
     inner = grpc.aio.server(options=_grpc_options(max_message_bytes, options), maximum_concurrent_rpcs=max_streams)
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, inner)
     server = XdsServer(inner, ads)

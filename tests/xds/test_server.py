@@ -42,6 +42,7 @@ from meshplane.xds.resources import Resource, TypeUrl
 from meshplane.xds.server import (
     Callbacks,
     Refusal,
+    StreamRate,
     StreamRefusedError,
     Subscription,
     XdsServer,
@@ -717,3 +718,37 @@ async def test_real_envoy_serves_the_app_and_shifts_traffic_without_failing_a_re
             assert {status for status, _ in answers} == {200}, answers
             clusters = (await asyncio.to_thread(envoy.admin_get, "/clusters"))[1]
             assert "v2::" in clusters and "v1::" not in clusters
+
+
+# ------------------------------------------------------------------------------------ stream rate
+
+
+def test_the_stream_rate_lets_a_burst_in_at_once_then_paces_the_rest_in_arrival_order() -> None:
+    now = [0.0]
+    rate = StreamRate(10, 3, clock=lambda: now[0])
+    assert [rate.reserve() for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert [round(rate.reserve(), 3) for _ in range(2)] == [0.1, 0.2]
+    now[0] = 1.0  # the queue drained and tokens refilled, up to the burst only
+    assert [rate.reserve() for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert rate.reserve() > 0
+    with pytest.raises(ValueError, match="rate > 0"):
+        StreamRate(0, 1)
+
+
+async def test_new_streams_over_the_rate_wait_their_turn_and_are_then_served() -> None:
+    cache = SnapshotCache()
+    nodes = [f"herd-{i}" for i in range(8)]
+    for node in nodes:
+        cache.set(node, mesh(f"c-{node}"))
+    server, port = await serve("127.0.0.1:0", cache, stream_rate=StreamRate(10, 4))
+    proxies = [AdsClient(port, node) for node in nodes]
+    try:
+        started = time.monotonic()
+        served = await asyncio.gather(*(p.handshake() for p in proxies))
+        elapsed = time.monotonic() - started
+        assert [names(got[CDS]) for got in served] == [[f"c-{n}"] for n in nodes]
+        assert 0.35 <= elapsed < 3.0, elapsed  # four at once, then one every 100 ms
+        assert sorted(server.ads.connected()) == sorted(nodes)
+    finally:
+        await asyncio.gather(*(p.close() for p in proxies))
+        await server.stop(1.0)
