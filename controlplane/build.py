@@ -66,6 +66,17 @@ class _Build:
     services: dict[str, AnyObject] = field(default_factory=dict)
     deployments: dict[str, ir.Deployment] = field(default_factory=dict)
     problems: Problems = field(default_factory=dict)
+    _tables: dict[ObjectKey, list[AnyObject]] | None = None  # service key → its route tables, found once per build
+
+    def tables_of(self, service_key: ObjectKey) -> list[AnyObject]:
+        """The route tables whose parent resolves to ``service_key`` (every table resolved once per build)."""
+        if self._tables is None:
+            self._tables = {}
+            for table in self.world.objects(Kind.VIRTUAL_SERVICE_ROUTE_TABLE):
+                parent = resolve(self.world, table.spec.virtual_service, Kind.VIRTUAL_SERVICE, table.namespace)
+                if parent is not None:
+                    self._tables.setdefault(parent.key, []).append(table)
+        return self._tables.get(service_key, [])
 
     def report(self, obj: AnyObject, problem: Problem) -> None:
         self.problems.setdefault(obj.key, []).append(problem)
@@ -189,10 +200,8 @@ def _service_ports(ctx: _Build, vs: AnyObject, deployments: list[ir.Deployment])
 
 def _tables(ctx: _Build, vs: AnyObject) -> list[AnyObject]:
     """The service's route tables in evaluation order: priority (lower first, none last), then key."""
-    mine = [t for t in ctx.world.objects(Kind.VIRTUAL_SERVICE_ROUTE_TABLE)
-            if (parent := resolve(ctx.world, t.spec.virtual_service, Kind.VIRTUAL_SERVICE, t.namespace))
-            is not None and parent.key == vs.key]
-    return sorted(mine, key=lambda t: (t.spec.priority is None, t.spec.priority or 0, t.namespace, t.name))
+    return sorted(ctx.tables_of(vs.key),
+                  key=lambda t: (t.spec.priority is None, t.spec.priority or 0, t.namespace, t.name))
 
 
 def _service_port(ctx: _Build, vs: AnyObject, number: int, protocol: ir.Protocol, *,

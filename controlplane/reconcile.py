@@ -24,10 +24,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from meshplane.controlplane import ir
 from meshplane.controlplane.build import build
@@ -172,29 +172,98 @@ class Controller(Generic[T]):
         self._inputs[workload.node_id] = inputs
 
     def _mesh_views(self) -> dict[str | None, object]:
-        """Per mesh, its services and deployments — the same object as last round when unchanged.
+        """Per mesh (key ``mesh key``) and per virtual service (key ``service key``), a version of what its
+        proxies' configuration is made of: the same object as last round when the content is equal.
 
-        Comparing each mesh once per round, and reusing the previous object when equal, lets every
-        workload's comparison below succeed by identity instead of walking the mesh again.
+        A gateway depends on its whole mesh. A sidecar depends on its service's part only (:func:`service_view`):
+        what it may call, who may call it, the mesh's settings. Each view is compared once per round, by
+        value with last round's; workloads then compare versions by identity, so a change re-renders only
+        the proxies whose view it touched.
         """
-        views: dict[str | None, object] = {}
+        previous = self._views
+        fresh: dict[str | None, object] = {}
         for mesh in self.config.meshes:
             services = self.config.mesh_services(mesh.key)
             keys = {s.key for s in services}
-            view = (mesh, services, tuple(d for d in self.config.deployments if d.service in keys))
-            previous = self._views.get(mesh.key)
-            views[mesh.key] = previous if previous == view else view
+            fresh[mesh.key] = (mesh, services, tuple(d for d in self.config.deployments if d.service in keys))
+        fresh.update(service_views(self.config))
+        views: dict[str | None, object] = {}
+        for key, content in fresh.items():
+            old = previous.get(key)
+            views[key] = old if isinstance(old, _View) and old.content == content else _View(content)
         return views
 
     def _inputs_of(self, workload: ir.Workload) -> object:
-        """Everything a workload's configuration depends on (compared by value)."""
+        """Everything a workload's configuration depends on (compared by value; views by version)."""
         if workload.gateway is not None:  # its IR names its Secrets by fingerprint: a changed one re-renders
             gateway = self.config.gateway(workload.gateway)
             return (workload, gateway, self._views.get(gateway.mesh if gateway else None))
         deployment = self.config.deployment(workload.deployment)
-        service = self.config.service(deployment.service) if deployment else None
-        mesh = service.mesh if service else None
-        return (workload, deployment, self._views.get(mesh))
+        return (workload, deployment, self._views.get(_SERVICE + deployment.service if deployment else None))
+
+
+_SERVICE = "service "  # view keys of virtual services: never a mesh key (keys have no spaces)
+
+
+def service_views(config: ir.MeshConfig) -> dict[str | None, object]:
+    """Per virtual service, everything its sidecars' translation reads besides their own deployment:
+
+    the mesh (trust domain, mTLS floor, egress) and its TCP ports; the service itself (ports, routes,
+    mode, callers); the services it may call and their deployments (routes, clusters, endpoints); and
+    the addresses of the workloads that may call it (plaintext RBAC). Built with indexes, once per round.
+    """
+    deployments: dict[str, list[ir.Deployment]] = {}
+    for deployment in config.deployments:
+        deployments.setdefault(deployment.service, []).append(deployment)
+    by_identity: dict[str, list[ir.Service]] = {}
+    open_to_all: dict[str, list[ir.Service]] = {}
+    for service in config.services:
+        for identity in service.callers.identities:
+            by_identity.setdefault(identity, []).append(service)
+        if service.callers.all_services:
+            open_to_all.setdefault(service.mesh, []).append(service)
+    identities = {s.identity: s for s in config.services} | {g.identity: g for g in config.gateways}
+    views: dict[str | None, object] = {}
+    for service in config.services:
+        callees = sorted({*open_to_all.get(service.mesh, ()), *by_identity.get(service.identity, ())},
+                         key=lambda s: s.key)
+        views[_SERVICE + service.key] = (
+            config.mesh(service.mesh), _tcp_ports(config, service.mesh), service, tuple(callees),
+            tuple(d for callee in callees for d in deployments.get(callee.key, ())),
+            _caller_endpoints(config, service, identities, deployments))
+    return views
+
+
+def _tcp_ports(config: ir.MeshConfig, mesh: str) -> frozenset[int]:
+    return config.memo(("view tcp ports", mesh), lambda: frozenset(
+        port.number for s in config.mesh_services(mesh) for port in s.ports if port.protocol is ir.Protocol.TCP))
+
+
+def _caller_endpoints(config: ir.MeshConfig, service: ir.Service, identities: dict[str, Any],
+                      deployments: dict[str, list[ir.Deployment]]) -> frozenset[str]:
+    """The addresses the service's callers connect from: every workload of the mesh when any service may
+    call (allowed by ``allVirtualServices``), else the named services' and gateways' workloads."""
+    def endpoints_of(caller: Any) -> Iterable[str]:
+        if isinstance(caller, ir.Gateway):
+            return caller.endpoints
+        return (a for d in deployments.get(caller.key, ()) for a in d.endpoints)
+    found: set[str] = set()
+    if service.callers.all_services:
+        found.update(a for s in config.mesh_services(service.mesh) for a in endpoints_of(s))
+    for identity in service.callers.identities:
+        caller = identities.get(identity)
+        if caller is not None and caller.mesh == service.mesh:
+            found.update(endpoints_of(caller))
+    return frozenset(found)
+
+
+class _View:
+    """One mesh's content in one round; compared by identity (a new object means the mesh changed)."""
+
+    __slots__ = ("content",)
+
+    def __init__(self, content: object) -> None:
+        self.content = content
 
 
 def _now() -> str:

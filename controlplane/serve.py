@@ -45,7 +45,7 @@ from meshplane.xds.resources import Resource, TypeUrl
 from meshplane.xds.secrets import build_certificate_secret, build_trust_secret
 from meshplane.xds.server import Callbacks, StreamRate, StreamRefusedError, XdsServer, current_peer
 from meshplane.xds.server import serve as serve_xds
-from meshplane.xds.translate import mesh_of, required_secrets, translate_outbound, translate_proxy
+from meshplane.xds.translate import Built, mesh_of, required_secrets, translate_outbound, translate_proxy
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,11 @@ class Renderer:
         self.kube_secrets = kube_secrets
         self._config: ir.MeshConfig | None = None
         self._shared: dict[tuple[str, str], tuple[Resource, ...]] = {}
+        self._assignments: dict[int, tuple[Any, Resource]] = {}  # id(message) → (message, its resource)
 
     def __call__(self, config: ir.MeshConfig, workload: ir.Workload) -> Snapshot:
         if config is not self._config:
-            self._config, self._shared = config, {}
+            self._config, self._shared, self._assignments = config, {}, {}
         if workload.gateway is not None:
             return self._gateway(config, workload)
         mesh = mesh_of(config, workload)
@@ -94,11 +95,20 @@ class Renderer:
         if mesh is None or identity is None:
             return Snapshot()
         if (mesh, identity) not in self._shared:
-            self._shared[(mesh, identity)] = tuple(Resource.of(b.message, b.refs)
-                                                   for b in translate_outbound(config, mesh, identity,
-                                                                               self.resolvers))
+            self._shared[(mesh, identity)] = tuple(self._resource(b) for b in translate_outbound(
+                config, mesh, identity, self.resolvers))
         own = [Resource.of(b.message, b.refs) for b in translate_proxy(config, workload, self.resolvers)]
         return Snapshot((*self._shared[(mesh, identity)], *own, *self._secrets(config, workload, mesh)))
+
+    def _resource(self, built: Built) -> Resource:
+        """``built`` serialised; a ClusterLoadAssignment only once per build, whichever callers share it
+        (translate builds each once per build; the message is held here so its id stays its own)."""
+        if built.type_url != names.ENDPOINT_TYPE:
+            return Resource.of(built.message, built.refs)
+        held = self._assignments.get(id(built.message))
+        if held is None:
+            held = self._assignments[id(built.message)] = (built.message, Resource.of(built.message, built.refs))
+        return held[1]
 
     def _gateway(self, config: ir.MeshConfig, workload: ir.Workload) -> Snapshot:
         """An ingress gateway proxy: its resources, its own certificate, and its hosts' certificates."""

@@ -70,7 +70,7 @@ def translate_gateway(config: ir.MeshConfig, workload: ir.Workload) -> Resources
     built = (_listener(config, gateway, workload.address, listener, plan) for listener in gateway.listeners)
     listeners = [listener for listener in built if listener is not None]
     tls = _proxy_tls(config, gateway.mesh, gateway.identity)
-    clusters = [_eds_cluster(_destination(config, name, backend, protocol, service), tls)
+    clusters = [_eds_cluster(config, _destination(config, name, backend, protocol, service), tls)
                 for name, (backend, protocol, service) in sorted(plan.backends.items())]
     return merge(listeners, plan.routes, *clusters)
 

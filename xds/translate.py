@@ -272,7 +272,7 @@ def translate_outbound(config: ir.MeshConfig, mesh: str, identity: str, resolver
     virtual_hosts, l4 = _plans(config, mesh, identity)
     egress = _egress(config, mesh, identity)
     tls = _proxy_tls(config, mesh, identity)
-    clusters = [_eds_cluster(d, tls) for d in _destinations(config, virtual_hosts, l4)]
+    clusters = [_eds_cluster(config, d, tls) for d in _destinations(config, virtual_hosts, l4)]
     return merge([_outbound_route_configuration(virtual_hosts, egress.http)], *clusters,
                  _egress_clusters(egress, resolvers))
 
@@ -356,7 +356,7 @@ def _outbound_tls(config: ir.MeshConfig, mesh: str, identity: str) -> bool:
                        lambda: any(d.peer is not None for d in _destinations(config, *_plans(config, mesh, identity))))
 
 
-def _eds_cluster(destination: _Destination, tls: _ProxyTls) -> tuple[Built, Built]:
+def _eds_cluster(config: ir.MeshConfig, destination: _Destination, tls: _ProxyTls) -> tuple[Built, Built]:
     """The cluster of one deployment port and its endpoints (an empty assignment when it has none).
 
     A mutual TLS cluster presents the caller's certificate and accepts exactly the destination's
@@ -370,9 +370,11 @@ def _eds_cluster(destination: _Destination, tls: _ProxyTls) -> tuple[Built, Buil
         refs |= tls.refs
     cluster = messages.build_eds_cluster(name, upstream=destination.upstream, transport_socket=socket,
                                          stat_name=destination.stat_name)
-    endpoints = messages.build_load_assignment(assignment, destination.endpoints, destination.port)
-    return (Built(names.CLUSTER_TYPE, name, cluster, frozenset(refs)),
-            Built(names.ENDPOINT_TYPE, assignment, endpoints))
+    def load_assignment() -> Built:  # the same for every caller: built once per build
+        endpoints = messages.build_load_assignment(assignment, destination.endpoints, destination.port)
+        return Built(names.ENDPOINT_TYPE, assignment, endpoints)
+    cla = config.memo(("load assignment", assignment, destination.endpoints), load_assignment)
+    return Built(names.CLUSTER_TYPE, name, cluster, frozenset(refs)), cla
 
 
 @dataclass(frozen=True)
@@ -626,14 +628,22 @@ def _inbound_port(config: ir.MeshConfig, service: ir.Service, address: str, port
     name = names.inbound(port.number)
     cluster = messages.build_static_cluster(name, address, app_port, upstream=_upstream(port.protocol))
     effective = service.mtls if _mesh_tls(service.mtls, port.protocol) else ir.Mtls.DISABLED
-    logs = access_logs(log, http=port.protocol.is_http)
-    by_certificate = inbound_filters(port, name, _identity_principals(config, service), logs)
-    by_address = inbound_filters(port, name, _address_principals(config, service), logs)
+    by_certificate, by_address = config.memo(("inbound filters", service.key, port, log),
+                                             lambda: _both_inbound_filters(config, service, port, log))
     chains = _inbound_chains(name, effective, tls, by_certificate=by_certificate, by_address=by_address,
                              destination_port=destination_port)
     refs = {(names.CLUSTER_TYPE, name)} | (tls.refs if effective is not ir.Mtls.DISABLED else set())
     return _InboundPort(name, Built(names.CLUSTER_TYPE, name, cluster), chains, effective is ir.Mtls.PERMISSIVE,
                         frozenset(refs))
+
+
+def _both_inbound_filters(config: ir.MeshConfig, service: ir.Service, port: ir.Port,
+                          log: AccessLog | None) -> tuple[list[Any], list[Any]]:
+    """A port's filters for mutual TLS callers and for plaintext ones: the same for every proxy of the
+    service (and access log), so built once per build and shared."""
+    name, logs = names.inbound(port.number), access_logs(log, http=port.protocol.is_http)
+    return (inbound_filters(port, name, _identity_principals(config, service), logs),
+            inbound_filters(port, name, _address_principals(config, service), logs))
 
 
 def _inbound_chains(name: str, mode: ir.Mtls, tls: _ProxyTls, *, by_certificate: Sequence[Any],
@@ -682,13 +692,30 @@ def _caller_addresses(config: ir.MeshConfig, service: ir.Service) -> tuple[str, 
     """The addresses of every live workload whose service (or ingress gateway) may call ``service`` (sorted,
     once per build)."""
     def addresses() -> tuple[str, ...]:
-        found = {address for deployment in config.deployments
-                 if (caller := config.service(deployment.service)) is not None and caller.mesh == service.mesh
-                 and service.callers.admits(caller.identity) for address in deployment.endpoints}
-        found |= {address for gateway in config.gateways if gateway.mesh == service.mesh
-                  and service.callers.admits(gateway.identity, service=False) for address in gateway.endpoints}
+        by_identity, of_services = _mesh_addresses(config, service.mesh)
+        found = set(of_services) if service.callers.all_services else set()
+        for identity in service.callers.identities:
+            found.update(by_identity.get(identity, ()))
         return tuple(sorted(found))
     return config.memo(("caller addresses", service.key), addresses)
+
+
+def _mesh_addresses(config: ir.MeshConfig, mesh: str) -> tuple[dict[str, set[str]], frozenset[str]]:
+    """Per identity of ``mesh`` (virtual services and ingress gateways), its live workloads' addresses; and
+    every virtual service workload's address. Once per build and mesh: each service's callers are then a
+    lookup, not a walk over every deployment."""
+    def index() -> tuple[dict[str, set[str]], frozenset[str]]:
+        by_identity: dict[str, set[str]] = {}
+        for deployment in config.deployments:
+            caller = config.service(deployment.service)
+            if caller is not None and caller.mesh == mesh:
+                by_identity.setdefault(caller.identity, set()).update(deployment.endpoints)
+        of_services = frozenset(a for addresses in by_identity.values() for a in addresses)
+        for gateway in config.gateways:
+            if gateway.mesh == mesh:
+                by_identity.setdefault(gateway.identity, set()).update(gateway.endpoints)
+        return by_identity, of_services
+    return config.memo(("addresses by identity", mesh), index)
 
 
 def inbound_filters(port: ir.Port, cluster: str, principals: Sequence[Any] = (),

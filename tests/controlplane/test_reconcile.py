@@ -201,3 +201,53 @@ def test_unreadable_remembered_workloads_are_ignored(tmp_path: Path) -> None:
 def _endpoints(ctl: Controller[Rendered], key: str) -> tuple[str, ...]:
     deployment = ctl.config.deployment(key)
     return deployment.endpoints if deployment else ()
+
+
+def _service(name: str, *, host: str | None = None) -> list[dict[str, object]]:
+    api = "servicemesh.oci.oracle.com/v1beta1"
+    spec: dict[str, object] = {"mesh": {"ref": {"name": "shop-mesh"}}}
+    if host is not None:
+        spec["hosts"] = [host]
+    deployment: dict[str, object] = {"virtualService": {"ref": {"name": name}}}
+    if host is not None:
+        deployment |= {"listener": [{"protocol": "HTTP", "port": 8080}],
+                       "serviceDiscovery": {"type": "DNS", "hostname": f"{name}-v1.{host}"}}
+    return [{"apiVersion": api, "kind": "VirtualService", "metadata": {"name": name, "namespace": "shop"},
+             "spec": spec},
+            {"apiVersion": api, "kind": "VirtualDeployment", "metadata": {"name": f"{name}-v1", "namespace": "shop"},
+             "spec": deployment}]
+
+
+def test_a_change_re_renders_the_changed_service_and_its_callers_only(tmp_path: Path) -> None:
+    """client may call reviews; nobody calls ratings. Editing reviews' route table re-renders reviews' and
+    client's proxies, not ratings'; a ratings edit re-renders only ratings'."""
+    write_canary(tmp_path)
+    for doc in [*_service("client"), *_service("ratings", host="ratings.shop")]:
+        write(tmp_path / f"{doc['kind']}-{doc['metadata']['name']}.yaml", doc)  # type: ignore[index]
+    policy = next(d for d in data.manifests("canary") if d["kind"] == "AccessPolicy")
+    policy["spec"]["rules"].append({"action": "ALLOW", "source": {"virtualService": {"ref": {"name": "client"}}},
+                                    "destination": {"virtualService": {"ref": {"name": "reviews"}}}})
+    write(tmp_path / "AccessPolicy-shop-policy.yaml", policy)
+    ctl, recorder = controller(tmp_path)
+    client = ir.Workload("client-a", "shop/client-v1", "127.0.0.21")
+    ratings = ir.Workload("ratings-a", "shop/ratings-v1", "127.0.0.22", app_ports=((8080, 18080),))
+
+    async def scenario() -> list[list[str]]:
+        for workload in (V1, V2, client, ratings):
+            ctl.connect(workload)
+        await ctl.reconcile()
+        rounds = []
+        for change in ("reviews", "ratings"):
+            recorder.published.clear()
+            if change == "reviews":
+                write_canary(tmp_path, destinations=[
+                    {"virtualDeployment": {"ref": {"name": "reviews-v1"}}, "weight": 50, "port": 9080},
+                    {"virtualDeployment": {"ref": {"name": "reviews-v2"}}, "weight": 50, "port": 9080}])
+            else:
+                docs = _service("ratings", host="ratings-new.shop")
+                write(tmp_path / "VirtualService-ratings.yaml", docs[0])
+            await ctl.reconcile()
+            rounds.append(sorted(n for n, _ in recorder.published))
+        return rounds
+
+    assert asyncio.run(scenario()) == [["client-a", "reviews-v1-a", "reviews-v2-a"], ["ratings-a"]]
