@@ -83,11 +83,11 @@ class Renderer:
         self.kube_secrets = kube_secrets
         self._config: ir.MeshConfig | None = None
         self._shared: dict[tuple[str, str], tuple[Resource, ...]] = {}
-        self._assignments: dict[int, tuple[Any, Resource]] = {}  # id(message) → (message, its resource)
+        self._serialised: dict[int, tuple[Any, Resource]] = {}  # id(message) → (message, its resource)
 
     def __call__(self, config: ir.MeshConfig, workload: ir.Workload) -> Snapshot:
         if config is not self._config:
-            self._config, self._shared, self._assignments = config, {}, {}
+            self._config, self._shared, self._serialised = config, {}, {}
         if workload.gateway is not None:
             return self._gateway(config, workload)
         mesh = mesh_of(config, workload)
@@ -101,13 +101,13 @@ class Renderer:
         return Snapshot((*self._shared[(mesh, identity)], *own, *self._secrets(config, workload, mesh)))
 
     def _resource(self, built: Built) -> Resource:
-        """``built`` serialised; a ClusterLoadAssignment only once per build, whichever callers share it
-        (translate builds each once per build; the message is held here so its id stays its own)."""
-        if built.type_url != names.ENDPOINT_TYPE:
+        """``built`` serialised once per build however many identities share it (translate builds each
+        cluster and load assignment once per build); the message is held here so its id stays its own."""
+        if built.type_url not in (names.CLUSTER_TYPE, names.ENDPOINT_TYPE):
             return Resource.of(built.message, built.refs)
-        held = self._assignments.get(id(built.message))
+        held = self._serialised.get(id(built.message))
         if held is None:
-            held = self._assignments[id(built.message)] = (built.message, Resource.of(built.message, built.refs))
+            held = self._serialised[id(built.message)] = (built.message, Resource.of(built.message, built.refs))
         return held[1]
 
     def _gateway(self, config: ir.MeshConfig, workload: ir.Workload) -> Snapshot:
@@ -130,7 +130,7 @@ class Renderer:
                 if message is not None:
                     out.append(Resource.of(message))
                 continue
-            if name.startswith(names.workload_secret("")):
+            if name == names.WORKLOAD_SECRET:
                 held = self.credentials.for_proxy(workload.node_id, mesh.key, mesh.trust_domain, subject)
                 message = build_certificate_secret(name, held.issued.chain_pem, held.key.pem().reveal())
             else:

@@ -16,13 +16,14 @@ Shapes (``|`` separates parts because it never appears in a key, a host or a por
 * ``<namespace>/<service>:<port>``: the virtual host of one HTTP port of one virtual service.
 * ``outbound|other``: the catch-all virtual host (allowed external HTTP hosts, else 403).
 * ``egress|http`` / ``egress|tls``: the forward-proxy clusters to allowed external services.
-* ``workload|<SPIFFE ID>``: the SDS secret holding a proxy's own certificate chain and key (one per
-  identity: every proxy of a virtual service shares the name, each gets its own key).
+* ``workload``: the SDS secret holding a proxy's own certificate chain and key. Every proxy has exactly
+  one, so the name need not say whose it is (Istio's ``default``); the certificate says.
 * ``trust|<trust domain>``: the SDS secret holding the mesh's trust bundle (its root certificates,
   both of them while a root is being replaced), which validates peers.
 
-Secrets are named by what they prove, not by the proxy, so resources that reference them are the same
-bytes for every proxy of a service and can be shared.
+Secret names never depend on the proxy, so resources that reference them — an outbound cluster
+originating mutual TLS names the caller's certificate — are the same bytes for every caller and are
+built and serialised once per build.
 
 This module imports nothing from Envoy, and from the control plane only the IR's constants.
 """
@@ -152,9 +153,8 @@ def virtual_host(service: str, port: int) -> str:
     return f"{service}:{port}"
 
 
-def workload_secret(identity: str) -> str:
-    """The SDS secret with the certificate chain and key proving ``identity`` (a SPIFFE ID)."""
-    return f"workload|{identity}"
+WORKLOAD_SECRET = "workload"
+"""The SDS secret with the proxy's own certificate chain and key (what it holds is the proxy's identity)."""
 
 
 def trust_bundle(trust_domain: str) -> str:

@@ -149,7 +149,7 @@ def mesh_of(config: ir.MeshConfig, workload: ir.Workload) -> str | None:
 def required_secrets(config: ir.MeshConfig, workload: ir.Workload) -> tuple[tuple[str, str], ...]:
     """The secrets the proxy's resources name, as (secret name, what it must hold), sorted by name.
 
-    What it must hold is the SPIFFE ID for :func:`names.workload_secret` (a certificate and key proving
+    What it must hold is the SPIFFE ID for :data:`names.WORKLOAD_SECRET` (a certificate and key proving
     it) and the trust domain for :func:`names.trust_bundle` (its roots). The two come together or not
     at all, since every mutual TLS context names both. Decided by the same plans that build the
     resources, without building them, so it is cheap and cannot drift from the refs (tests compare).
@@ -193,7 +193,7 @@ class _ProxyTls:
 
     @property
     def certificate(self) -> str:
-        return names.workload_secret(self.identity)
+        return names.WORKLOAD_SECRET
 
     @property
     def bundle(self) -> str:
@@ -360,8 +360,14 @@ def _eds_cluster(config: ir.MeshConfig, destination: _Destination, tls: _ProxyTl
     """The cluster of one deployment port and its endpoints (an empty assignment when it has none).
 
     A mutual TLS cluster presents the caller's certificate and accepts exactly the destination's
-    SPIFFE ID, so a workload of another service answering at that address is refused.
+    SPIFFE ID, so a workload of another service answering at that address is refused. Neither depends
+    on the caller (the certificate's secret name is every proxy's own, ``names.WORKLOAD_SECRET``): both
+    are built once per build and shared by every caller and gateway of the mesh.
     """
+    return config.memo(("eds cluster", destination, tls.trust_domain), lambda: _new_eds_cluster(destination, tls))
+
+
+def _new_eds_cluster(destination: _Destination, tls: _ProxyTls) -> tuple[Built, Built]:
     name, assignment = destination.name, names.load_assignment(destination.name)
     refs = {(names.ENDPOINT_TYPE, assignment)}
     socket = None
@@ -370,11 +376,9 @@ def _eds_cluster(config: ir.MeshConfig, destination: _Destination, tls: _ProxyTl
         refs |= tls.refs
     cluster = messages.build_eds_cluster(name, upstream=destination.upstream, transport_socket=socket,
                                          stat_name=destination.stat_name)
-    def load_assignment() -> Built:  # the same for every caller: built once per build
-        endpoints = messages.build_load_assignment(assignment, destination.endpoints, destination.port)
-        return Built(names.ENDPOINT_TYPE, assignment, endpoints)
-    cla = config.memo(("load assignment", assignment, destination.endpoints), load_assignment)
-    return Built(names.CLUSTER_TYPE, name, cluster, frozenset(refs)), cla
+    endpoints = messages.build_load_assignment(assignment, destination.endpoints, destination.port)
+    return (Built(names.CLUSTER_TYPE, name, cluster, frozenset(refs)),
+            Built(names.ENDPOINT_TYPE, assignment, endpoints))
 
 
 @dataclass(frozen=True)

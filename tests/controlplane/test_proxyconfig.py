@@ -151,15 +151,15 @@ def test_secrets_show_the_issued_certificate_and_the_roots_never_the_key(served:
     rows = table(served, SIDECAR, "secrets")
     assert rows[0] == ["NAME", "KIND", "SUBJECT", "URI SANS", "SERIAL", "NOT BEFORE", "NOT AFTER"]
     issued = served.sidecar.issued
-    assert row(rows, f"workload|{REVIEWS_ID}", "certificate")[2:] == [
+    assert row(rows, "workload", "certificate")[2:] == [
         "CN=reviews", REVIEWS_ID, f"{issued.serial:x}", stamp(issued.not_before), stamp(issued.not_after)]
-    assert row(rows, f"workload|{REVIEWS_ID}", "intermediate")[2].startswith("CN=shop-mesh.shop.mesh.local")
+    assert row(rows, "workload", "intermediate")[2].startswith("CN=shop-mesh.shop.mesh.local")
     [root] = served.roots
     assert row(rows, f"trust|{TRUST_DOMAIN}", "trusted CA")[2:] == [
         root.subject.rfc4514_string(), "-", f"{root.serial_number:x}", stamp(root.not_valid_before_utc),
         stamp(root.not_valid_after_utc)]
     gateway = served.gateway.issued
-    assert row(table(served, GATEWAY, "secrets"), f"workload|{GATEWAY_ID}", "certificate")[3:5] == [
+    assert row(table(served, GATEWAY, "secrets"), "workload", "certificate")[3:5] == [
         GATEWAY_ID, f"{gateway.serial:x}"]
 
 
@@ -178,7 +178,7 @@ def test_json_is_the_whole_type_as_served(served: Served, kind: str, short: str)
 def test_json_secrets_keep_the_certificates_and_drop_the_key_field(served: Served) -> None:
     _, out, _ = proxy_config(served, SIDECAR, "secrets", "-o", "json")
     secrets = {s["name"]: s for s in json.loads(out)["resources"]}
-    certificate = secrets[f"workload|{REVIEWS_ID}"]["tls_certificate"]
+    certificate = secrets["workload"]["tls_certificate"]
     assert set(certificate) == {"certificate_chain"}, "the private_key field is dropped, not just redacted"
     assert base64.b64decode(certificate["certificate_chain"]["inline_bytes"]) == served.sidecar.issued.chain_pem
 

@@ -126,7 +126,7 @@ def test_a_caller_allowed_one_of_two_services_gets_exactly_that_ones_host_and_cl
     cluster = names.outbound_cluster(f"{allowed}-v1", 8080)
     assert list(by_name(resources, names.CLUSTER_TYPE)) == [cluster]
     assert list(by_name(resources, names.ENDPOINT_TYPE)) == [names.load_assignment(cluster)]
-    assert secret_names(resources) == {names.workload_secret(spiffe("shop/frontend")), names.trust_bundle(TRUST_DOMAIN)}
+    assert secret_names(resources) == {names.WORKLOAD_SECRET, names.trust_bundle(TRUST_DOMAIN)}
 
 
 def test_a_denied_owner_of_a_tcp_port_does_not_hand_it_to_another_service() -> None:

@@ -300,12 +300,12 @@ def test_the_gateway_calls_a_mutual_tls_service_as_its_own_identity(mtls: ir.Mtl
     cluster = by_name(resources, names.CLUSTER_TYPE)[V1_CLUSTER]
     context = tls_context(cluster.transport_socket, tls_v3.UpstreamTlsContext)
     [certificate] = context.common_tls_context.tls_certificate_sds_secret_configs
-    assert certificate.name == names.workload_secret(IDENTITY)
+    assert certificate.name == names.WORKLOAD_SECRET
     combined = context.common_tls_context.combined_validation_context
     assert combined.validation_context_sds_secret_config.name == names.trust_bundle(TRUST_DOMAIN)
     assert list(combined.default_validation_context.match_typed_subject_alt_names) == [
         uri_san(exact=spiffe("shop/catalog"))]
-    assert (names.workload_secret(IDENTITY), IDENTITY) in gateway_secrets(config, WORKLOAD)
+    assert (names.WORKLOAD_SECRET, IDENTITY) in gateway_secrets(config, WORKLOAD)
 
 
 def test_the_gateway_calls_a_disabled_service_in_plaintext_and_needs_no_certificate_of_its_own() -> None:
@@ -418,7 +418,7 @@ def test_gateway_secrets_are_exactly_the_secrets_the_resources_name_with_their_s
         ("ca|shop/mixed-ca", "shop/mixed-ca"), ("ca|shop/partners-ca", "shop/partners-ca"),
         ("tls|shop/mixed-cert", "shop/mixed-cert"), ("tls|shop/partners-cert", "shop/partners-cert"),
         ("tls|shop/secure-cert", "shop/secure-cert"),
-        (names.trust_bundle(TRUST_DOMAIN), TRUST_DOMAIN), (names.workload_secret(IDENTITY), IDENTITY)]))
+        (names.trust_bundle(TRUST_DOMAIN), TRUST_DOMAIN), (names.WORKLOAD_SECRET, IDENTITY)]))
     assert secret_names(resources) == {name for name, _ in gateway_secrets(config, WORKLOAD)}
 
 

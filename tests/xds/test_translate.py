@@ -250,30 +250,17 @@ def test_the_outbound_part_is_identical_for_every_proxy_of_a_service() -> None:
         assert outbound_part(config, workload) == shared
 
 
-def with_certificate(built: Built, certificate: str) -> bytes:
-    """A cluster's bytes with the certificate its upstream TLS presents renamed (others unchanged)."""
-    message = cluster_v3.Cluster()
-    message.CopyFrom(built.message)
-    if built.type_url == names.CLUSTER_TYPE and message.HasField("transport_socket"):
-        context = tls_context(message.transport_socket, tls_v3.UpstreamTlsContext)
-        [sds] = context.common_tls_context.tls_certificate_sds_secret_configs
-        sds.name = certificate
-        message.transport_socket.typed_config.CopyFrom(messages.pack(context))
-    return bytes(message.SerializeToString(deterministic=True))
-
-
-def test_two_services_outbound_parts_differ_only_in_the_certificate_they_present() -> None:
+def test_two_services_outbound_parts_are_the_same_bytes_and_share_their_clusters() -> None:
+    """Nothing outbound names the caller (its certificate is the secret every proxy calls ``workload``), so
+    callers with the same scope get identical bytes, and clusters are built once per build for all."""
     config = canary()
     catalog = translate_outbound(config, MESH, spiffe("shop/catalog"))
     frontend = translate_outbound(config, MESH, spiffe("shop/frontend"))
-    assert [(b.type_url, b.name) for b in catalog] == [(b.type_url, b.name) for b in frontend]
-    assert serialized(catalog) != serialized(frontend)
-    for mine, theirs in zip(catalog, frontend, strict=True):
-        if mine.type_url != names.CLUSTER_TYPE:
-            assert serialized([mine]) == serialized([theirs])
-        else:
-            assert with_certificate(mine, "x") == with_certificate(theirs, "x")
-    assert secret_names(frontend) == {names.workload_secret(spiffe("shop/frontend")), names.trust_bundle(TRUST_DOMAIN)}
+    assert serialized(catalog) == serialized(frontend)
+    clusters = [(mine, theirs) for mine, theirs in zip(catalog, frontend, strict=True)
+                if mine.type_url in (names.CLUSTER_TYPE, names.ENDPOINT_TYPE)]
+    assert clusters and all(mine is theirs for mine, theirs in clusters)
+    assert secret_names(frontend) == {names.WORKLOAD_SECRET, names.trust_bundle(TRUST_DOMAIN)}
 
 
 def test_translate_is_the_outbound_part_plus_the_proxys_own() -> None:
@@ -398,8 +385,8 @@ def tls_mesh(catalog_mode: ir.Mtls, frontend_mode: ir.Mtls = ir.Mtls.DISABLED) -
 
 CATALOG = ir.Workload("catalog-v1-0", "shop/catalog-v1", "127.0.0.11",
                       app_ports=tuple((n, 10000 + n) for n in sorted(CATALOG_PORTS)))
-CATALOG_SECRETS = {names.workload_secret(spiffe("shop/catalog")), names.trust_bundle(TRUST_DOMAIN)}
-FRONTEND_SECRETS = {names.workload_secret(spiffe("shop/frontend")), names.trust_bundle(TRUST_DOMAIN)}
+CATALOG_SECRETS = {names.WORKLOAD_SECRET, names.trust_bundle(TRUST_DOMAIN)}
+FRONTEND_SECRETS = {names.WORKLOAD_SECRET, names.trust_bundle(TRUST_DOMAIN)}
 
 
 def inbound_listener(resources: Sequence[Built], port: int) -> tuple[Any, frozenset[tuple[str, str]]]:
@@ -428,7 +415,7 @@ def check_mutual_tls_chain(chain: Any) -> None:
     """The chain terminates TLS, requires a client certificate, and lets in any identity of the mesh."""
     context = tls_context(chain.transport_socket, tls_v3.DownstreamTlsContext)
     assert context.require_client_certificate.value is True
-    check_mesh_tls_context(context.common_tls_context, names.workload_secret(spiffe("shop/catalog")),
+    check_mesh_tls_context(context.common_tls_context, names.WORKLOAD_SECRET,
                            uri_san(prefix=f"spiffe://{TRUST_DOMAIN}/"))
 
 
@@ -506,7 +493,7 @@ def test_a_caller_originates_mutual_tls_verifying_the_destinations_exact_identit
     [built] = [b for b in resources if b.type_url == names.CLUSTER_TYPE and b.name == name]
     cluster: Any = built.message
     context = tls_context(cluster.transport_socket, tls_v3.UpstreamTlsContext)
-    check_mesh_tls_context(context.common_tls_context, names.workload_secret(spiffe("shop/frontend")),
+    check_mesh_tls_context(context.common_tls_context, names.WORKLOAD_SECRET,
                            uri_san(exact=spiffe("shop/catalog")))
     assert not context.sni
     assert {(names.SECRET_TYPE, secret) for secret in FRONTEND_SECRETS} <= built.refs
@@ -540,7 +527,7 @@ def test_required_secrets_are_exactly_the_secrets_the_resources_name(catalog_mod
         if catalog_mode is not ir.Mtls.DISABLED:
             service = service_of(config, workload)
             assert service is not None
-            assert required == tuple(sorted([(names.workload_secret(service.identity), service.identity),
+            assert required == tuple(sorted([(names.WORKLOAD_SECRET, service.identity),
                                              (names.trust_bundle(TRUST_DOMAIN), TRUST_DOMAIN)]))
             assert secret_names(resources) == secrets
         check_invariants(resources, required)
@@ -750,7 +737,7 @@ def static_secret(name: str, subject: str, pem: tuple[str, str],
         ca, certificate, key = (part.decode() for part in gateway_pem)
         if name.startswith(names.client_ca("")):
             certificate = ca
-    if name == names.workload_secret(subject) or name.startswith(names.server_certificate("")):
+    if name == names.WORKLOAD_SECRET or name.startswith(names.server_certificate("")):
         return {"name": name, "tls_certificate": {"certificate_chain": {"inline_string": certificate},
                                                   "private_key": {"inline_string": key}}}
     return {"name": name, "validation_context": {"trusted_ca": {"inline_string": certificate}}}
