@@ -10,7 +10,7 @@ World or Delta (``delta=True``).
 Every proxy serves Envoy's Prometheus stats on ``stats_host:stats_port`` (15006, architecture §5): a
 static listener that forwards ``/stats/prometheus`` — and nothing else of the admin API — to the admin
 endpoint on loopback. It needs a known admin port (none when ``admin_port`` is 0). Stats carry the
-tags of :data:`names.STAT_TAG_REGEXES` and the proxy's own ``stats_tags`` (docs/observability.md).
+proxy's own ``stats_tags`` as fixed labels (cheap, unlike tag regexes; docs/observability.md).
 
 In explicit capture every upstream connection leaves from the workload's own address
 (``source_address``), as a pod's would: a receiving sidecar that cannot see a certificate (mTLS
@@ -101,13 +101,11 @@ def build_bootstrap(spec: BootstrapSpec) -> bootstrap_pb2.Bootstrap:
 
 
 def _add_stats(boot: bootstrap_pb2.Bootstrap, spec: BootstrapSpec) -> None:
-    """Tag extraction for every stat, and the listener serving them to Prometheus (when it can reach admin)."""
+    """Fixed tags on every stat, and the listener serving them to Prometheus (when it can reach admin)."""
     config = boot.stats_config
     config.use_all_default_tags.value = True
     for tag, value in spec.stats_tags:
         config.stats_tags.add(tag_name=tag, fixed_value=value)
-    for tag, regex in names.STAT_TAG_REGEXES:
-        config.stats_tags.add(tag_name=tag, regex=regex)
     if spec.stats_port is None or spec.admin_port == 0:
         return
     boot.static_resources.clusters.append(cluster_pb2.Cluster(

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests import dashboards
 from tests.e2e.harness import Mesh, load, mesh
@@ -52,6 +53,24 @@ def scrape(url: str) -> list[Sample]:
     return samples
 
 
+def relabelled(samples: list[Sample]) -> list[Sample]:
+    """``samples`` after the proxies' ``metric_relabel_configs`` of ``dashboards/prometheus.yaml``, applied as
+    Prometheus does (source labels joined by ``;``, the regex anchored at both ends, ``$n`` replacements)."""
+    config = yaml.safe_load((dashboards.DASHBOARD.parent / "prometheus.yaml").read_text())
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "meshplane-proxies")
+    out = []
+    for name, labels, value in samples:
+        labels = dict(labels)
+        for rule in job["metric_relabel_configs"]:
+            source = ";".join(labels.get(label, "") for label in rule["source_labels"])
+            match = re.fullmatch(rule["regex"], source)
+            if match is not None:
+                template = re.sub(r"\$(\d+)", r"\\\1", rule["replacement"])  # Prometheus' $1 is Python's \1
+                labels[rule["target_label"]] = match.expand(template)
+        out.append((name, labels, value))
+    return out
+
+
 def total(samples: Iterable[Sample], name: str, **labels: str) -> float:
     """The sum of ``name``'s samples whose labels include ``labels``."""
     return sum(value for n, found, value in samples if n == name and labels.items() <= found.items())
@@ -82,9 +101,9 @@ def test_envoy_stats_count_each_deployments_requests_and_the_control_plane_repor
         m.write("mesh.yaml", [*base(), table({"v1": 90, "v2": 10})])
         url = start_canary(m, client_admin_port=free_port())
         stats = f"http://{m.address(10)}:15006/stats/prometheus"
-        before = scrape(stats)
+        before = relabelled(scrape(stats))
         results = load(url, HOST, count=1000, concurrency=16, seconds=60)
-        after = scrape(stats)
+        after = relabelled(scrape(stats))
         assert results.failed == 0 and len(results.names) == 1000, (results.statuses, results.errors[:3])
         for version in ("v1", "v2"):
             sent = results.names.count(f"reviews-{version}")
