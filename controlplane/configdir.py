@@ -51,6 +51,7 @@ class ConfigDir:
     file_findings: list[Finding] = field(default_factory=list)
     namespaces: dict[str, dict[str, str]] = field(default_factory=dict)  # v1 Namespace name → its labels
     _fingerprint: tuple[tuple[str, int, int], ...] = ()
+    _parsed: manifests.ParseCache = field(default_factory=manifests.ParseCache)
 
     def sync(self, *, force: bool = False) -> bool:
         """Re-read the directory if it changed (or a refusal may now pass); True if the world changed."""
@@ -58,7 +59,7 @@ class ConfigDir:
         if not force and fingerprint == self._fingerprint and not self.rejected and not self._deleting():
             return False
         self._fingerprint = fingerprint
-        loaded = manifests.load([self.path])
+        loaded = manifests.load([self.path], self._parsed)
         self.file_findings = loaded.findings
         for finding in loaded.findings:
             log.warning("%s: %s", finding.source, finding.line())

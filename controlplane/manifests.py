@@ -25,6 +25,7 @@ from meshplane.controlplane.wire import FrozenMap
 from meshplane.controlplane.world import KubeSecret, KubeService
 
 SUFFIXES = (".yaml", ".yml", ".json")
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: about 10x faster
 
 
 @dataclass(frozen=True)
@@ -66,24 +67,58 @@ class Loaded:
     findings: list[Finding] = field(default_factory=list)
 
 
-def load(paths: Iterable[str | Path]) -> Loaded:
-    """Read and sort every document under ``paths``; never raises for bad input."""
+@dataclass
+class ParseCache:
+    """What loading the same paths again can reuse: each file's documents while its text is unchanged,
+    and each document's parsed object. A directory where one file of hundreds changed is then read,
+    not parsed again (the control plane re-loads its config directory on every change).
+
+    Documents are shared between loads and never modified; objects are keyed by their document's id,
+    which the held document keeps unique.
+    """
+
+    files: dict[str, tuple[str, list[Any]]] = field(default_factory=dict)
+    objects: dict[int, tuple[Mapping[str, Any], tuple[AnyObject | None, list[Problem]]]] = field(default_factory=dict)
+
+    def parse(self, raw: Mapping[str, Any]) -> tuple[AnyObject | None, list[Problem]]:
+        held = self.objects.get(id(raw))
+        if held is None or held[0] is not raw:
+            held = self.objects[id(raw)] = (raw, parse_object(raw))
+        return held[1]
+
+    def keep_only(self, paths: set[str]) -> None:
+        """Forget files that are gone, and objects of documents no kept file holds."""
+        self.files = {path: entry for path, entry in self.files.items() if path in paths}
+        live = {id(item) for _, docs in self.files.values() for doc in docs for item in _unpack(doc)}
+        self.objects = {key: held for key, held in self.objects.items() if key in live}
+
+
+def load(paths: Iterable[str | Path], cache: ParseCache | None = None) -> Loaded:
+    """Read and sort every document under ``paths``; never raises for bad input. ``cache`` (kept by the
+    caller between loads) skips parsing what did not change."""
     loaded = Loaded()
     seen: dict[ObjectKey, Source] = {}
-    for source, raw in _documents(paths, loaded):
+    cache = cache if cache is not None else ParseCache()
+    read: set[str] = set()
+    for source, raw in _documents(paths, loaded, cache, read):
         for item in _unpack(raw):
-            _sort(source, item, loaded, seen)
+            _sort(source, item, loaded, seen, cache)
+    cache.keep_only(read)
     return loaded
 
 
-def _documents(paths: Iterable[str | Path], loaded: Loaded) -> Iterator[tuple[Source, Any]]:
+def _documents(paths: Iterable[str | Path], loaded: Loaded, cache: ParseCache,
+               read: set[str]) -> Iterator[tuple[Source, Any]]:
     for path in _files(paths, loaded):
         try:
             text = path.read_text(encoding="utf-8")
-            docs = list(yaml.safe_load_all(text))
+            held = cache.files.get(str(path))
+            docs = held[1] if held is not None and held[0] == text else list(yaml.load_all(text, Loader=_LOADER))
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             loaded.findings.append(_file_finding(str(path), _describe_read_error(exc)))
             continue
+        cache.files[str(path)] = (text, docs)
+        read.add(str(path))
         for index, doc in enumerate(docs):
             if doc is not None:
                 yield Source(str(path), index), doc
@@ -118,13 +153,13 @@ def _unpack(raw: Any) -> list[Any]:
     return [raw]
 
 
-def _sort(source: Source, raw: Any, loaded: Loaded, seen: dict[ObjectKey, Source]) -> None:
+def _sort(source: Source, raw: Any, loaded: Loaded, seen: dict[ObjectKey, Source], cache: ParseCache) -> None:
     if not isinstance(raw, Mapping):
         loaded.findings.append(Finding(source, "Document", "-", str(source), error("", "a manifest must be an object")))
         return
     api_version = str(raw.get("apiVersion", ""))
     if api_version.split("/", maxsplit=1)[0] == API_GROUP:
-        _sort_mesh_object(source, raw, loaded, seen)
+        _sort_mesh_object(source, raw, loaded, seen, cache)
     elif api_version == "v1" and raw.get("kind") == "Service":
         _sort_service(source, raw, loaded)
     elif api_version == "v1" and raw.get("kind") == "Secret":
@@ -133,8 +168,9 @@ def _sort(source: Source, raw: Any, loaded: Loaded, seen: dict[ObjectKey, Source
         loaded.others.append((source, raw))
 
 
-def _sort_mesh_object(source: Source, raw: Mapping[str, Any], loaded: Loaded, seen: dict[ObjectKey, Source]) -> None:
-    obj, problems = parse_object(raw)
+def _sort_mesh_object(source: Source, raw: Mapping[str, Any], loaded: Loaded, seen: dict[ObjectKey, Source],
+                      cache: ParseCache) -> None:
+    obj, problems = cache.parse(raw)
     kind, namespace, name = identity(raw)
     loaded.findings += [Finding(source, kind, namespace, name, p) for p in problems]
     if obj is None:

@@ -109,3 +109,26 @@ def test_an_unreadable_file_is_reported_and_the_rest_applied(tmp_path: Path) -> 
     source.sync()
     assert len(source.world) == len(data.manifests("canary"))
     assert any("broken.yaml" in f.line() for f in source.file_findings)
+
+
+def test_reloading_parses_only_the_files_that_changed(tmp_path: Path) -> None:
+    """The parse cache: an unchanged file's documents and objects are reused, a changed one is parsed
+    again, a removed one is forgotten; what load returns is the same either way."""
+    from meshplane.controlplane import manifests
+
+    write_canary(tmp_path)
+    cache = manifests.ParseCache()
+    first = manifests.load([tmp_path], cache)
+    table = tmp_path / "VirtualServiceRouteTable-reviews-canary.yaml"
+    kept = {path: docs for path, (_, docs) in cache.files.items() if path != str(table)}
+    write_canary(tmp_path, path="/other")
+    (tmp_path / "AccessPolicy-shop-policy.yaml").unlink()
+    second = manifests.load([tmp_path], cache)
+    assert all(cache.files[path][1] is docs for path, docs in kept.items() if path in cache.files)
+    assert str(tmp_path / "AccessPolicy-shop-policy.yaml") not in cache.files
+    assert len(cache.objects) == len(second.objects)
+    uncached = manifests.load([tmp_path])
+    assert [(s, o) for s, o in second.objects] == [(s, o) for s, o in uncached.objects]
+    changed = next(o for _, o in second.objects if o.key.name == "reviews-canary")
+    assert changed.spec.route_rules[0].http_route.path == "/other"
+    assert len(first.objects) == len(second.objects) + 1
