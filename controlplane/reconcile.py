@@ -25,7 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -199,7 +199,10 @@ class Controller(Generic[T]):
             gateway = self.config.gateway(workload.gateway)
             return (workload, gateway, self._views.get(gateway.mesh if gateway else None))
         deployment = self.config.deployment(workload.deployment)
-        return (workload, deployment, self._views.get(_SERVICE + deployment.service if deployment else None))
+        if deployment is None:
+            return (workload, None, None)
+        # its own deployment's endpoints do not shape its configuration (its callees' are in the view)
+        return (workload, replace(deployment, endpoints=()), self._views.get(_SERVICE + deployment.service))
 
 
 _SERVICE = "service "  # view keys of virtual services: never a mesh key (keys have no spaces)
@@ -210,7 +213,8 @@ def service_views(config: ir.MeshConfig) -> dict[str | None, object]:
 
     the mesh (trust domain, mTLS floor, egress) and its TCP ports; the service itself (ports, routes,
     mode, callers); the services it may call and their deployments (routes, clusters, endpoints); and
-    the addresses of the workloads that may call it (plaintext RBAC). Built with indexes, once per round.
+    the addresses of the workloads that may call it when some chain is plaintext (RBAC by address). Built
+    with indexes, once per round.
     """
     deployments: dict[str, list[ir.Deployment]] = {}
     for deployment in config.deployments:
@@ -230,8 +234,17 @@ def service_views(config: ir.MeshConfig) -> dict[str | None, object]:
         views[_SERVICE + service.key] = (
             config.mesh(service.mesh), _tcp_ports(config, service.mesh), service, tuple(callees),
             tuple(d for callee in callees for d in deployments.get(callee.key, ())),
-            _caller_endpoints(config, service, identities, deployments))
+            _caller_endpoints(config, service, identities, deployments)
+            if _plaintext(service, deployments.get(service.key, ())) else None)
     return views
+
+
+def _plaintext(service: ir.Service, deployments: Iterable[ir.Deployment]) -> bool:
+    """Whether some inbound chain of the service admits callers by address (not by certificate): a
+    DISABLED or PERMISSIVE service, or a TLS-passthrough port. Only then do its callers' addresses matter,
+    so a STRICT service's proxies are not re-rendered each time a caller's workload comes or goes."""
+    protocols = {p.protocol for p in service.ports} | {p.protocol for d in deployments for p in d.ports}
+    return service.mtls is not ir.Mtls.STRICT or ir.Protocol.TLS_PASSTHROUGH in protocols
 
 
 def _tcp_ports(config: ir.MeshConfig, mesh: str) -> frozenset[int]:

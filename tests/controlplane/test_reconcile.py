@@ -218,16 +218,47 @@ def _service(name: str, *, host: str | None = None) -> list[dict[str, object]]:
              "spec": deployment}]
 
 
-def test_a_change_re_renders_the_changed_service_and_its_callers_only(tmp_path: Path) -> None:
-    """client may call reviews; nobody calls ratings. Editing reviews' route table re-renders reviews' and
-    client's proxies, not ratings'; a ratings edit re-renders only ratings'."""
-    write_canary(tmp_path)
+def _client_mesh(folder: Path) -> None:
+    """The canary set plus client (allowed to call reviews, STRICT) and ratings (nobody calls it)."""
+    write_canary(folder)
     for doc in [*_service("client"), *_service("ratings", host="ratings.shop")]:
-        write(tmp_path / f"{doc['kind']}-{doc['metadata']['name']}.yaml", doc)  # type: ignore[index]
+        write(folder / f"{doc['kind']}-{doc['metadata']['name']}.yaml", doc)  # type: ignore[index]
     policy = next(d for d in data.manifests("canary") if d["kind"] == "AccessPolicy")
     policy["spec"]["rules"].append({"action": "ALLOW", "source": {"virtualService": {"ref": {"name": "client"}}},
                                     "destination": {"virtualService": {"ref": {"name": "reviews"}}}})
-    write(tmp_path / "AccessPolicy-shop-policy.yaml", policy)
+    write(folder / "AccessPolicy-shop-policy.yaml", policy)
+
+
+def test_a_new_caller_workload_re_renders_a_plaintext_destination_but_not_a_strict_one(tmp_path: Path) -> None:
+    """Callers' addresses matter only to plaintext chains (RBAC by address): reviews is STRICT, so a
+    client workload coming does not touch its proxies; once reviews is PERMISSIVE, it does."""
+    _client_mesh(tmp_path)
+    ctl, recorder = controller(tmp_path)
+
+    async def scenario() -> list[list[str]]:
+        for workload in (V1, V2, ir.Workload("client-a", "shop/client-v1", "127.0.0.21")):
+            ctl.connect(workload)
+        await ctl.reconcile()
+        rounds = []
+        for node, address in (("client-b", "127.0.0.22"), ("client-c", "127.0.0.23")):
+            if node == "client-c":
+                service = next(d for d in data.manifests("canary") if d["kind"] == "VirtualService")
+                service["spec"]["mtls"] = {"mode": "PERMISSIVE"}
+                write(tmp_path / "VirtualService-reviews.yaml", service)
+                await ctl.reconcile()
+            recorder.published.clear()
+            ctl.connect(ir.Workload(node, "shop/client-v1", address))
+            await ctl.reconcile()
+            rounds.append(sorted(n for n, _ in recorder.published))
+        return rounds
+
+    assert asyncio.run(scenario()) == [["client-b"], ["client-c", "reviews-v1-a", "reviews-v2-a"]]
+
+
+def test_a_change_re_renders_the_changed_service_and_its_callers_only(tmp_path: Path) -> None:
+    """client may call reviews; nobody calls ratings. Editing reviews' route table re-renders reviews' and
+    client's proxies, not ratings'; a ratings edit re-renders only ratings'."""
+    _client_mesh(tmp_path)
     ctl, recorder = controller(tmp_path)
     client = ir.Workload("client-a", "shop/client-v1", "127.0.0.21")
     ratings = ir.Workload("ratings-a", "shop/ratings-v1", "127.0.0.22", app_ports=((8080, 18080),))
