@@ -170,6 +170,7 @@ class Controller(Generic[T]):
         if published is not None:
             await published
         self._inputs[workload.node_id] = inputs
+        await asyncio.sleep(0)  # a round renders many proxies: let streams, ACKs and keepalives run between them
 
     def _mesh_views(self) -> dict[str | None, object]:
         """Per mesh (key ``mesh key``) and per virtual service (key ``service key``), a version of what its
