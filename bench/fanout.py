@@ -79,6 +79,7 @@ import threading
 import time
 import traceback
 import types
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -576,7 +577,8 @@ class SimProxy:
         return {"node": self.node_id, "open": self.open, "warming": sorted(SHORT[t] for t in self.warming),
                 "types": {SHORT[t]: {"responses": s.responses, "answered": s.answered == s.nonce,
                                      "awaiting": s.awaiting, "names": None if s.names is None else len(s.names),
-                                     "held": len(s.held)} for t, s in self.types.items()}}
+                                     "held": len(s.held), "missing": sorted((s.names or set()) - s.held.keys())[:3]}
+                          for t, s in self.types.items()}}
 
     def report(self) -> Json:
         return {"node": self.node_id, "error": self.error, "failures": self.failures, "synced": self.synced(),
@@ -877,8 +879,8 @@ class Bench:
     def cold_sync(self) -> None:
         assert self.worker is not None and self.plane is not None
         cpu0, metrics0 = self.plane.cpu(), self.metrics()
-        worker_cpu = Process(self.worker.child.popen.pid)
-        worker_cpu0 = worker_cpu.cpu()
+        worker_process = Process(self.worker.child.popen.pid)
+        worker_cpu0 = worker_process.cpu()
         started = float(self.worker.ask("start", self.left())["started"])
         report, status = self.until_synced(since=started, rds_expected=0)
         cpu1 = self.plane.cpu()
@@ -894,7 +896,8 @@ class Bench:
             "control_plane_cpu_s": round(cpu1 - cpu0, 2),
             "control_plane_rss_hwm_mb": self.plane.memory_mb("VmHWM"),
             "control_plane_rss_mb": self.plane.memory_mb("VmRSS"),
-            "simulated_proxies_cpu_s": round(worker_cpu.cpu() - worker_cpu0, 2),
+            "simulated_proxies_cpu_s": round(worker_process.cpu() - worker_cpu0, 2),
+            "simulated_proxies_rss_hwm_mb": worker_process.memory_mb("VmHWM"),
             "responses": sum(p["responses"] for p in report), "resources_parsed": sum(p["resources"] for p in report),
             "mb_received": round(sum(p["bytes"] for p in report) / 1e6, 2),
             "acks": sum(len(a) for p in report for a in p["acks"].values()),
@@ -962,7 +965,25 @@ class Bench:
             self.result["progress"] = {key: status.get(key) for key in (
                 "open", "synced", "stream_failures", "proxies_with_stream_failures", "error_samples",
                 "unsynced_samples")}
+            with contextlib.suppress(Exception):
+                self.diagnose(status.get("unsynced_samples") or [])
             raise
+
+    def diagnose(self, samples: list[Json]) -> None:
+        """For proxies that never got a resource they subscribed to: is it in what serve last published for
+        them (``/debug/config_dump``)? Recorded next to each sample as ``published``."""
+        for sample in samples:
+            missing = {t: v["missing"] for t, v in sample["types"].items() if v["missing"]}
+            if not missing:
+                continue
+            code, body = self.admin(f"/debug/config_dump?proxy={urllib.parse.quote(sample['node'])}", timeout=10)
+            if code != 200:
+                sample["published"] = f"config_dump answered {code}"
+                continue
+            dump = json.loads(body)
+            named = {short: {r.get("cluster_name") or r.get("name") for r in dump.get(short, {}).get("resources", [])}
+                     for short in missing}
+            sample["published"] = {short: {n: n in named[short] for n in found} for short, found in missing.items()}
 
     def plane_agrees(self, report: list[Json]) -> bool:
         """Every proxy SYNCED on every type at syncz, at the version the proxy ACKed last."""
