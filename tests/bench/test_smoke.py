@@ -173,7 +173,8 @@ def test_envoy_apply(bench: Bench) -> None:
     result = bench.run("envoy_apply.py", "--clusters", "20", "--envoys", "1", "--repeat", "1", "--endpoints", "2")
     has_keys(result, {"benchmark", "envoys", "endpoints_per_cluster", "repeat", "results"})
     [figures] = result["results"]
-    assert figures["clusters"] == 20 and figures["static_s"] > 0
+    # 20 clusters may load within the noise of an empty start-up: differences can round to 0 at this size
+    assert figures["clusters"] == 20 and figures["static_s"] >= 0 and figures["static_start_s"] > 0
     for mode in ("sotw", "delta"):
         assert set(figures[mode]) == {"add", "modify", "remove", "ratio"}
-        assert all(value > 0 for value in figures[mode].values()), figures[mode]
+        assert figures[mode]["add"] > 0 and all(value >= 0 for value in figures[mode].values()), figures[mode]
