@@ -103,6 +103,7 @@ from meshplane.controlplane import ir, sidecar, xdsauth
 from meshplane.injector.ca import CertificateAuthority
 from meshplane.xds import names
 from meshplane.xds.bootstrap import render_bootstrap
+from meshplane.xds.resources import TypeUrl
 
 Json = dict[str, Any]
 
@@ -114,13 +115,10 @@ PORT, APP_PORT = 8080, 18080
 WEIGHTS_BEFORE, WEIGHTS_AFTER = (90, 10), (50, 50)
 POLL_SECONDS = 0.25  # serve's config-directory poll (serve.Options.poll_seconds; no flag)
 
-PREFIX = "type.googleapis.com/"
-CDS = PREFIX + "envoy.config.cluster.v3.Cluster"
-EDS = PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
-LDS = PREFIX + "envoy.config.listener.v3.Listener"
-RDS = PREFIX + "envoy.config.route.v3.RouteConfiguration"
-SDS = PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
-SHORT = {CDS: "CDS", EDS: "EDS", LDS: "LDS", RDS: "RDS", SDS: "SDS"}
+CDS, EDS, LDS, RDS, SDS = (names.CLUSTER_TYPE, names.ENDPOINT_TYPE, names.LISTENER_TYPE, names.ROUTE_TYPE,
+                           names.SECRET_TYPE)
+SHORT = {t: TypeUrl(t).short for t in (CDS, EDS, LDS, RDS, SDS)}
+PREFIX = "type.googleapis.com/"  # for the nested typed configs this simulator unpacks
 MESSAGES: dict[str, Any] = {CDS: cluster_pb2.Cluster, EDS: endpoint_pb2.ClusterLoadAssignment,
                             LDS: listener_pb2.Listener, RDS: route_pb2.RouteConfiguration, SDS: secret_pb2.Secret}
 HCM_TYPE = PREFIX + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"

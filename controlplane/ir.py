@@ -314,6 +314,11 @@ class MeshConfig:
         self._services.update((s.key, s) for s in self.services)
         self._deployments.update((d.key, d) for d in self.deployments)
 
+    def tcp_ports(self, mesh: str) -> frozenset[int]:
+        """Every port some service of ``mesh`` serves as TCP (whether or not it has backends), once per build."""
+        return self.memo(("tcp ports", mesh), lambda: frozenset(
+            port.number for s in self.mesh_services(mesh) for port in s.ports if port.protocol is Protocol.TCP))
+
     def mesh(self, key: str) -> Mesh | None:
         return self._meshes.get(key)
 

@@ -233,7 +233,7 @@ def service_views(config: ir.MeshConfig) -> dict[str | None, object]:
         callees = sorted({*open_to_all.get(service.mesh, ()), *by_identity.get(service.identity, ())},
                          key=lambda s: s.key)
         views[_SERVICE + service.key] = (
-            config.mesh(service.mesh), _tcp_ports(config, service.mesh), service, tuple(callees),
+            config.mesh(service.mesh), config.tcp_ports(service.mesh), service, tuple(callees),
             tuple(d for callee in callees for d in deployments.get(callee.key, ())),
             _caller_endpoints(config, service, identities, deployments)
             if _plaintext(service, deployments.get(service.key, ())) else None)
@@ -246,11 +246,6 @@ def _plaintext(service: ir.Service, deployments: Iterable[ir.Deployment]) -> boo
     so a STRICT service's proxies are not re-rendered each time a caller's workload comes or goes."""
     protocols = {p.protocol for p in service.ports} | {p.protocol for d in deployments for p in d.ports}
     return service.mtls is not ir.Mtls.STRICT or ir.Protocol.TLS_PASSTHROUGH in protocols
-
-
-def _tcp_ports(config: ir.MeshConfig, mesh: str) -> frozenset[int]:
-    return config.memo(("view tcp ports", mesh), lambda: frozenset(
-        port.number for s in config.mesh_services(mesh) for port in s.ports if port.protocol is ir.Protocol.TCP))
 
 
 def _caller_endpoints(config: ir.MeshConfig, service: ir.Service, identities: dict[str, Any],

@@ -758,7 +758,7 @@ def translate_outbound_listeners(config: ir.MeshConfig, workload: ir.Workload, r
     _, l4 = _plans(config, service.mesh, service.identity)
     egress = _egress(config, service.mesh, service.identity)
     cache = messages.build_dns_cache(names.EGRESS_DNS_CACHE, resolvers)
-    tls_egress = {number: hosts for number, hosts in egress.tls if number not in _mesh_tcp_ports(config, service.mesh)}
+    tls_egress = {number: hosts for number, hosts in egress.tls if number not in config.tcp_ports(service.mesh)}
     listeners = []
     for number in sorted((set(l4) | set(tls_egress)) - taken):
         protocol, chains = l4.get(number, (ir.Protocol.TLS_PASSTHROUGH, []))
@@ -767,12 +767,6 @@ def translate_outbound_listeners(config: ir.MeshConfig, workload: ir.Workload, r
     http_filters = [messages.build_forward_proxy_http_filter(cache)] if egress.http else []
     logs = access_logs(_workload_log(deployment, service, "outbound"), http=True)
     return merge([_outbound_http_listener(workload.address, http_filters, logs)], listeners)
-
-
-def _mesh_tcp_ports(config: ir.MeshConfig, mesh: str) -> frozenset[int]:
-    """Every port some service of ``mesh`` serves as TCP (whether or not it has backends right now)."""
-    return config.memo(("tcp ports", mesh), lambda: frozenset(
-        port.number for s in config.mesh_services(mesh) for port in s.ports if port.protocol is ir.Protocol.TCP))
 
 
 def _outbound_http_listener(address: str, http_filters: Sequence[Any], access_log: Sequence[Any]) -> Built:
@@ -975,7 +969,7 @@ def _outbound_capture_listener(config: ir.MeshConfig, service: ir.Service, resol
     _, l4 = _plans(config, service.mesh, service.identity)
     egress = _egress(config, service.mesh, service.identity)
     cache = messages.build_dns_cache(names.EGRESS_DNS_CACHE, resolvers)
-    tls_egress = {n: hosts for n, hosts in egress.tls if n not in _mesh_tcp_ports(config, service.mesh)}
+    tls_egress = {n: hosts for n, hosts in egress.tls if n not in config.tcp_ports(service.mesh)}
     chains: list[Any] = []
     refs: set[Ref] = {(names.ROUTE_TYPE, names.OUTBOUND_HTTP)}
     for number in sorted(set(l4) | set(tls_egress)):
