@@ -67,6 +67,15 @@ class _Build:
     deployments: dict[str, ir.Deployment] = field(default_factory=dict)
     problems: Problems = field(default_factory=dict)
     _tables: dict[ObjectKey, list[AnyObject]] | None = None  # service key → its route tables, found once per build
+    _by_service: dict[str, list[ir.Deployment]] | None = None  # service key → its deployments, once all are added
+
+    def deployments_of(self, service_key: str) -> list[ir.Deployment]:
+        """The deployments of one service, in the order they were added (indexed once per build)."""
+        if self._by_service is None:
+            self._by_service = {}
+            for deployment in self.deployments.values():
+                self._by_service.setdefault(deployment.service, []).append(deployment)
+        return self._by_service.get(service_key, [])
 
     def tables_of(self, service_key: ObjectKey) -> list[AnyObject]:
         """The route tables whose parent resolves to ``service_key`` (every table resolved once per build)."""
@@ -165,7 +174,7 @@ def _port(listener: Listener) -> ir.Port:
 
 def _service(ctx: _Build, vs: AnyObject, callers: ir.Callers) -> ir.Service:
     key = key_of(vs)
-    deployments = [d for d in ctx.deployments.values() if d.service == key]
+    deployments = ctx.deployments_of(key)
     mesh = ctx.meshes[_mesh_key(ctx, vs)]
     requested = vs.spec.mtls.mode.value if vs.spec.mtls else mesh.mtls_minimum.value
     mtls = max(ir.Mtls(requested), mesh.mtls_minimum, key=_MTLS_ORDER.index)

@@ -64,11 +64,11 @@ class ConfigDir:
         for finding in loaded.findings:
             log.warning("%s: %s", finding.source, finding.line())
         before = {o.key: o for o in self.world.all()}
-        self.world.set_services(loaded.services)
-        self.world.set_secrets(loaded.secrets)
-        self.namespaces = _namespaces(loaded.others)
+        services = self.world.set_services(loaded.services)
+        secrets = self.world.set_secrets(loaded.secrets)
+        namespaces, self.namespaces = self.namespaces, _namespaces(loaded.others)
         self._apply(loaded.objects)
-        return {o.key: o for o in self.world.all()} != before
+        return services or secrets or namespaces != self.namespaces or {o.key: o for o in self.world.all()} != before
 
     def changed(self) -> bool:
         """Whether the files differ from what was last read (a cheap stat of the directory)."""
@@ -78,7 +78,7 @@ class ConfigDir:
         """Record computed statuses on the accepted objects (update gates read them)."""
         for key, new in statuses.items():
             obj = self.world.get(key)
-            if obj is not None and obj.status != new:
+            if obj is not None and obj.status is not new and obj.status != new:  # a reused status is the same object
                 self.world.put(replace(obj, status=new))
 
     def _scan(self) -> tuple[tuple[str, int, int], ...]:

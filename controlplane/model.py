@@ -16,6 +16,7 @@ import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Generic, TypeVar
 
 from meshplane.controlplane import wire
@@ -802,8 +803,9 @@ class MeshObject(Generic[S]):
     spec: S
     status: Status = EMPTY_STATUS
 
-    @property
+    @cached_property
     def key(self) -> ObjectKey:
+        """Made once per object (objects are immutable): keys are looked up and hashed on every pass."""
         return ObjectKey(self.kind, self.metadata.namespace, self.metadata.name)
 
     @property

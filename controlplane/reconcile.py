@@ -6,14 +6,23 @@ for ``quiet`` seconds (or ``max_delay`` after the first, so a steady trickle can
 runs :meth:`Controller.reconcile` once for all of them:
 
 1. sync the source (objects accepted one by one, see :mod:`configdir`);
-2. build the IR from the accepted objects and the connected workloads (pure);
-3. compute every object's status (pure) and record it;
+2. build the IR from the accepted objects and the connected workloads (pure) — only if either changed;
+3. compute every object's status (pure) and record it — only if the world, the build's problems or
+   what the proxies said changed, and then only for the objects whose inputs did (:class:`StatusMemo`);
 4. for each connected workload whose inputs changed — its own deployment, or anything in its mesh —
    render its configuration and publish it. Identical inputs are never rendered twice, and the
    renderer's output is content-versioned downstream, so identical output is never re-sent.
 
+When a sidecar's inputs differ from last time only in its callees' endpoints (workloads came or went),
+``render_endpoints`` — if given — swaps the new load assignments into its last snapshot instead of
+rendering it anew, as Istio pushes endpoint-only changes incrementally.
+
 Rendering and publishing are injected (the composition root wires xDS translation and the snapshot
 cache), which keeps this module free of Envoy and testable with the real build and status.
+
+A proxy's ACK or NACK changes nothing but statuses (Active): it calls :meth:`Controller.poke_status`,
+coalesced the same way, and the round it causes runs step 3 only. At 2,000 proxies that is thousands of
+ACKs per change; each used to cost a whole round.
 
 A workload that disconnects stays an endpoint for ``grace`` seconds, so a proxy that restarts or
 reconnects to a restarted control plane does not drop out of load balancing meanwhile.
@@ -34,12 +43,13 @@ from meshplane.controlplane.build import build
 from meshplane.controlplane.configdir import ConfigDir
 from meshplane.controlplane.model import ObjectKey
 from meshplane.controlplane.problems import Problem
-from meshplane.controlplane.status import DataPlaneState, compute_status
+from meshplane.controlplane.status import DataPlaneState, StatusMemo, compute_status
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Render = Callable[[ir.MeshConfig, ir.Workload], T]
+RenderEndpoints = Callable[[ir.MeshConfig, ir.Workload], T | None]  # None: cannot, render in full
 Publish = Callable[[ir.Workload, T], Awaitable[None] | None]
 
 
@@ -50,6 +60,7 @@ class Timing:
     quiet: float = 0.1
     max_delay: float = 1.0
     grace: float = 2.0
+    status_every: float = 1.0  # at most one status pass per this long: at 2,000 proxies, ACKs never stop
 
 
 async def settle(trigger: asyncio.Event, *, quiet: float, max_delay: float) -> None:
@@ -78,6 +89,7 @@ class Controller(Generic[T]):
     timing: Timing = Timing()
     data_plane: Callable[[], Mapping[ObjectKey, DataPlaneState]] = dict
     after_round: Callable[[ir.MeshConfig], None] | None = None
+    render_endpoints: RenderEndpoints[T] | None = None
     config: ir.MeshConfig = field(default_factory=ir.MeshConfig)
     problems: dict[ObjectKey, list[Problem]] = field(default_factory=dict)
     workloads: dict[str, ir.Workload] = field(default_factory=dict)
@@ -87,13 +99,28 @@ class Controller(Generic[T]):
     build_seconds: float = 0.0  # the latest round's build (objects → IR)
     render_seconds: float = 0.0  # the latest round's renders (translate and serialise), all proxies together
     rendered: int = 0  # proxies the latest round rendered
-    _inputs: dict[str, object] = field(default_factory=dict)
+    patched: int = 0  # proxies the latest round gave new endpoints only (render_endpoints)
+    status_rounds: int = 0  # rounds that only recomputed statuses (after ACKs and NACKs)
+    _inputs: dict[str, tuple[object, object]] = field(default_factory=dict)
+    _config_due: bool = True  # the source, the workloads or a proxy's certificate may have changed
+    _rebuild: bool = True  # the workloads changed since the last build
+    _status_due: bool = False  # what proxies said changed
+    _status_memo: StatusMemo = field(default_factory=StatusMemo)
+    _status_inputs: tuple[object, ...] = ()  # world version, problems, data-plane states of the last pass
+    _status_at: float = float("-inf")  # time.monotonic() of the last status pass
+    _status_timer: asyncio.TimerHandle | None = None
     _views: dict[str | None, object] = field(default_factory=dict)
     _leaving: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
     _trigger: asyncio.Event = field(default_factory=asyncio.Event)
 
     def poke(self) -> None:
-        """Something may have changed: reconcile soon."""
+        """The source or the workloads may have changed: reconcile soon."""
+        self._config_due = True
+        self._trigger.set()
+
+    def poke_status(self) -> None:
+        """A proxy ACKed or NACKed: recompute statuses soon (nothing is built or rendered for it)."""
+        self._status_due = True
         self._trigger.set()
 
     def connect(self, workload: ir.Workload) -> None:
@@ -101,7 +128,9 @@ class Controller(Generic[T]):
         handle = self._leaving.pop(workload.node_id, None)
         if handle is not None:
             handle.cancel()
-        self.workloads[workload.node_id] = workload
+        if self.workloads.get(workload.node_id) != workload:
+            self.workloads[workload.node_id] = workload
+            self._rebuild = True
         self._inputs.pop(workload.node_id, None)  # a new stream needs a snapshot even if nothing changed
         self.poke()
 
@@ -129,6 +158,7 @@ class Controller(Generic[T]):
         self._leaving.pop(node_id, None)
         self.workloads.pop(node_id, None)
         self._inputs.pop(node_id, None)
+        self._rebuild = True
         self.poke()
 
     async def run(self) -> None:
@@ -137,20 +167,28 @@ class Controller(Generic[T]):
         while True:
             await settle(self._trigger, quiet=self.timing.quiet, max_delay=self.timing.max_delay)
             try:
-                await self.reconcile()
+                if self._config_due:
+                    await self.reconcile()
+                elif self._status_due:
+                    self.status_rounds += self._status_soon()
             except Exception:  # one bad round must not end the control plane; the next poke retries
                 log.exception("reconcile failed")
 
     async def reconcile(self) -> None:
         """One round: sync, build, status, render and publish for affected workloads."""
+        self._config_due = False
         started = self.round_started = time.perf_counter()
-        self.source.sync()
-        self.config, self.problems = build(self.source.world, self.workloads.values())
-        self.build_seconds, self.render_seconds, self.rendered = time.perf_counter() - started, 0.0, 0
-        statuses = compute_status(self.source.world, now=_now(), problems=self.problems,
-                                  data_plane=self.data_plane())
-        self.source.set_status(statuses)
-        self._views = self._mesh_views()
+        if self.source.sync() or self._rebuild or not self.rounds:
+            self._rebuild = False
+            self.config, self.problems = build(self.source.world, self.workloads.values())
+            self.build_seconds = time.perf_counter() - started
+            await asyncio.sleep(0)  # between phases too: a long round must not hold streams and ACKs
+            self._views = self._mesh_views()
+        else:
+            self.build_seconds = 0.0
+        self.render_seconds, self.rendered, self.patched = 0.0, 0, 0
+        self._status_soon()
+        await asyncio.sleep(0)
         for workload in list(self.workloads.values()):
             await self._refresh(workload)
         if self.after_round is not None:
@@ -158,14 +196,54 @@ class Controller(Generic[T]):
         self.rounds += 1
         self.last_round_seconds = time.perf_counter() - started
 
+    def _status_soon(self, *, now: bool = True) -> bool:
+        """A status pass now (if ``now``) when the last one is ``status_every`` old, else one as soon as it
+        is, from the loop (True if it ran now)."""
+        wait = self._status_at + self.timing.status_every - time.monotonic()
+        if now and wait <= 0:
+            return self.update_status()
+        self._status_due = True
+        if self._status_timer is None:
+            self._status_timer = asyncio.get_running_loop().call_later(max(0.0, wait), self._wake_for_status)
+        return False
+
+    def _wake_for_status(self) -> None:
+        self._status_timer = None
+        self._trigger.set()
+
+    def update_status(self) -> bool:
+        """Compute and record every object's status, unless nothing it depends on changed since the last
+        pass (the world, including the statuses written then; the build's problems; the proxies' states).
+        True if a pass ran. A pass that wrote a status asks for another (:meth:`_status_soon`): a written
+        status is an input of the next pass, which normally finds nothing more to change."""
+        self._status_due = False
+        data_plane = dict(self.data_plane())  # a copy: the source may hand out one mapping and mutate it
+        world = self.source.world
+        if self._status_inputs == (world.version, self.problems, data_plane):
+            return False
+        self._status_at = time.monotonic()
+        self._status_inputs = (world.version, self.problems, data_plane)
+        statuses = compute_status(world, now=_now(), problems=self.problems, data_plane=data_plane,
+                                  memo=self._status_memo)
+        self.source.set_status(statuses)
+        if world.version != self._status_inputs[0]:
+            self._status_soon(now=False)
+        return True
+
     async def _refresh(self, workload: ir.Workload) -> None:
         inputs = self._inputs_of(workload)
-        if self._inputs.get(workload.node_id) == inputs:
+        last = self._inputs.get(workload.node_id)
+        if last == inputs:
             return
         began = time.perf_counter()
-        rendered = self.render(self.config, workload)
+        rendered = None
+        if self.render_endpoints is not None and last is not None and last[0] == inputs[0] and inputs[1] is not None:
+            rendered = self.render_endpoints(self.config, workload)
+            self.patched += rendered is not None
+        if rendered is None:
+            rendered = self.render(self.config, workload)
+            self.rendered += 1
         self.render_seconds += time.perf_counter() - began
-        self.rendered += 1
         published = self.publish(workload, rendered)
         if published is not None:
             await published
@@ -173,53 +251,75 @@ class Controller(Generic[T]):
         await asyncio.sleep(0)  # a round renders many proxies: let streams, ACKs and keepalives run between them
 
     def _mesh_views(self) -> dict[str | None, object]:
-        """Per mesh (key ``mesh key``) and per virtual service (key ``service key``), a version of what its
-        proxies' configuration is made of: the same object as last round when the content is equal.
+        """Per mesh (key ``mesh key``) and per virtual service, a version of what its proxies' configuration
+        is made of: the same object as last round when the content is equal.
 
-        A gateway depends on its whole mesh. A sidecar depends on its service's part only (:func:`service_view`):
-        what it may call, who may call it, the mesh's settings. Each view is compared once per round, by
-        value with last round's; workloads then compare versions by identity, so a change re-renders only
-        the proxies whose view it touched.
+        A gateway depends on its whole mesh. A sidecar depends on its service's part only (:func:`service_views`):
+        what it may call (``_OUTBOUND``), that plus who may call it (``_SERVICE``), and its callees' endpoints
+        (``_ENDPOINTS``). Each view is compared once per round, by value with last round's (a service view
+        holds its outbound view's version, compared by identity); workloads then compare versions by
+        identity, so a change re-renders only the proxies whose view it touched.
         """
         previous = self._views
-        fresh: dict[str | None, object] = {}
-        for mesh in self.config.meshes:
-            services = self.config.mesh_services(mesh.key)
-            keys = {s.key for s in services}
-            fresh[mesh.key] = (mesh, services, tuple(d for d in self.config.deployments if d.service in keys))
-        fresh.update(service_views(self.config))
         views: dict[str | None, object] = {}
-        for key, content in fresh.items():
+
+        def version(key: str, content: object) -> _View:
             old = previous.get(key)
-            views[key] = old if isinstance(old, _View) and old.content == content else _View(content)
+            view = views[key] = old if isinstance(old, _View) and old.content == content else _View(content)
+            return view
+
+        for mesh in self.config.meshes:
+            if any(g.mesh == mesh.key for g in self.config.gateways):  # only gateways read the whole mesh
+                services = self.config.mesh_services(mesh.key)
+                keys = {s.key for s in services}
+                version(mesh.key, (mesh, services, tuple(d for d in self.config.deployments if d.service in keys)))
+        for key, (outbound, inbound, endpoints) in service_views(self.config).items():
+            version(_SERVICE + key, (version(_OUTBOUND + key, outbound), *inbound))
+            version(_ENDPOINTS + key, endpoints)
         return views
 
-    def _inputs_of(self, workload: ir.Workload) -> object:
-        """Everything a workload's configuration depends on (compared by value; views by version)."""
+    def outbound_view(self, workload: ir.Workload) -> object | None:
+        """The version of what a sidecar's outbound part is made of, endpoints aside (None for a gateway or an
+        unknown deployment): unchanged, the renderer may keep that part and swap in new endpoints only."""
+        deployment = self.config.deployment(workload.deployment) if workload.gateway is None else None
+        return None if deployment is None else self._views.get(_OUTBOUND + deployment.service)
+
+    def _inputs_of(self, workload: ir.Workload) -> tuple[object, object]:
+        """Everything a workload's configuration depends on (compared by value; views by version): what
+        shapes it, then its callees' endpoints (None for a gateway, which re-renders on any change)."""
         if workload.gateway is not None:  # its IR names its Secrets by fingerprint: a changed one re-renders
             gateway = self.config.gateway(workload.gateway)
-            return (workload, gateway, self._views.get(gateway.mesh if gateway else None))
+            return (workload, gateway, self._views.get(gateway.mesh if gateway else None)), None
         deployment = self.config.deployment(workload.deployment)
         if deployment is None:
-            return (workload, None, None)
+            return (workload, None, None), None
         # its own deployment's endpoints do not shape its configuration (its callees' are in the view)
-        return (workload, replace(deployment, endpoints=()), self._views.get(_SERVICE + deployment.service))
+        return ((workload, replace(deployment, endpoints=()), self._views.get(_SERVICE + deployment.service)),
+                self._views.get(_ENDPOINTS + deployment.service))
 
 
 _SERVICE = "service "  # view keys of virtual services: never a mesh key (keys have no spaces)
+_ENDPOINTS = "endpoints "  # view keys of the endpoints a virtual service's proxies may call
+_OUTBOUND = "outbound "  # view keys of what a virtual service's proxies may call, endpoints aside
 
 
-def service_views(config: ir.MeshConfig) -> dict[str | None, object]:
-    """Per virtual service, everything its sidecars' translation reads besides their own deployment:
+def service_views(config: ir.MeshConfig) -> dict[str, tuple[tuple[object, ...], tuple[object, ...], object]]:
+    """Per virtual service key, everything its sidecars' translation reads besides their own deployment,
+    in three parts:
 
-    the mesh (trust domain, mTLS floor, egress) and its TCP ports; the service itself (ports, routes,
-    mode, callers); the services it may call and their deployments (routes, clusters, endpoints); and
-    the addresses of the workloads that may call it when some chain is plaintext (RBAC by address). Built
-    with indexes, once per round.
+    * outbound: the mesh (trust domain, mTLS floor, egress) and its TCP ports, the service's identity, the
+      services it may call and their deployments without endpoints (routes, clusters);
+    * inbound: the service itself (ports, routes, mode, callers) and the addresses of the workloads that
+      may call it when some chain is plaintext (RBAC by address);
+    * endpoints: those of the deployments it may call, which only change load assignments.
+
+    Built with indexes, once per build.
     """
     deployments: dict[str, list[ir.Deployment]] = {}
+    shapes: dict[str, ir.Deployment] = {}  # a deployment without its endpoints, made once
     for deployment in config.deployments:
         deployments.setdefault(deployment.service, []).append(deployment)
+        shapes[deployment.key] = replace(deployment, endpoints=())
     by_identity: dict[str, list[ir.Service]] = {}
     open_to_all: dict[str, list[ir.Service]] = {}
     for service in config.services:
@@ -228,15 +328,16 @@ def service_views(config: ir.MeshConfig) -> dict[str | None, object]:
         if service.callers.all_services:
             open_to_all.setdefault(service.mesh, []).append(service)
     identities = {s.identity: s for s in config.services} | {g.identity: g for g in config.gateways}
-    views: dict[str | None, object] = {}
+    views: dict[str, tuple[tuple[object, ...], tuple[object, ...], object]] = {}
     for service in config.services:
         callees = sorted({*open_to_all.get(service.mesh, ()), *by_identity.get(service.identity, ())},
                          key=lambda s: s.key)
-        views[_SERVICE + service.key] = (
-            config.mesh(service.mesh), config.tcp_ports(service.mesh), service, tuple(callees),
-            tuple(d for callee in callees for d in deployments.get(callee.key, ())),
-            _caller_endpoints(config, service, identities, deployments)
-            if _plaintext(service, deployments.get(service.key, ())) else None)
+        called = [d for callee in callees for d in deployments.get(callee.key, ())]
+        outbound = (config.mesh(service.mesh), config.tcp_ports(service.mesh), service.identity, tuple(callees),
+                    tuple(shapes[d.key] for d in called))
+        inbound = (service, _caller_endpoints(config, service, identities, deployments)
+                   if _plaintext(service, deployments.get(service.key, ())) else None)
+        views[service.key] = (outbound, inbound, tuple((d.key, d.endpoints) for d in called))
     return views
 
 

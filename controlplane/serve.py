@@ -20,7 +20,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -45,7 +45,14 @@ from meshplane.xds.resources import Resource, TypeUrl
 from meshplane.xds.secrets import build_certificate_secret, build_trust_secret
 from meshplane.xds.server import Callbacks, StreamRate, StreamRefusedError, XdsServer, current_peer
 from meshplane.xds.server import serve as serve_xds
-from meshplane.xds.translate import Built, mesh_of, required_secrets, translate_outbound, translate_proxy
+from meshplane.xds.translate import (
+    Built,
+    load_assignment,
+    mesh_of,
+    required_secrets,
+    translate_outbound,
+    translate_proxy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +78,12 @@ class Options:
 class Renderer:
     """Per-proxy snapshots, with the secrets their resources name.
 
-    The part every proxy of one service shares (outbound clusters, routes and endpoints, which name
-    the caller's certificate) is built and serialised once per build and per service identity. Each
-    proxy's own key and certificate come from :class:`Credentials` and go only into its own snapshot.
+    The part every proxy of one service shares (outbound clusters, routes and endpoints) is built and
+    serialised once per build and per service identity. With ``outbound_view`` (a version of what that
+    part is made of besides endpoints, see :meth:`Controller.outbound_view`), it is kept across builds
+    while the version stays, and only its load assignments are replaced: a workload coming or going does
+    not re-translate its callers. Each proxy's own key and certificate come from :class:`Credentials`
+    and go only into its own snapshot.
     """
 
     def __init__(self, credentials: Credentials, resolvers: tuple[tuple[str, int], ...] = (),
@@ -81,13 +91,14 @@ class Renderer:
         self.credentials = credentials
         self.resolvers = resolvers
         self.kube_secrets = kube_secrets
+        self.outbound_view: Callable[[ir.Workload], object | None] | None = None
         self._config: ir.MeshConfig | None = None
         self._shared: dict[tuple[str, str], tuple[Resource, ...]] = {}
+        self._kept: dict[tuple[str, str], tuple[object, tuple[Resource, ...]]] = {}  # across builds, by view
         self._serialised: dict[int, tuple[Any, Resource]] = {}  # id(message) → (message, its resource)
 
     def __call__(self, config: ir.MeshConfig, workload: ir.Workload) -> Snapshot:
-        if config is not self._config:
-            self._config, self._shared, self._serialised = config, {}, {}
+        self._use(config)
         if workload.gateway is not None:
             return self._gateway(config, workload)
         mesh = mesh_of(config, workload)
@@ -95,10 +106,47 @@ class Renderer:
         if mesh is None or identity is None:
             return Snapshot()
         if (mesh, identity) not in self._shared:
-            self._shared[(mesh, identity)] = tuple(self._resource(b) for b in translate_outbound(
-                config, mesh, identity, self.resolvers))
+            self._shared[(mesh, identity)] = self._outbound(config, workload, mesh, identity)
         own = [Resource.of(b.message, b.refs) for b in translate_proxy(config, workload, self.resolvers)]
         return Snapshot((*self._shared[(mesh, identity)], *own, *self._secrets(config, workload, mesh)))
+
+    def endpoints(self, config: ir.MeshConfig, previous: Snapshot) -> Snapshot | None:
+        """``previous`` with every load assignment replaced by ``config``'s, the rest kept as it is: for a
+        sidecar whose callees changed endpoints only. None if one is not an outbound cluster's."""
+        self._use(config)
+        swapped = self._swap_endpoints(config, previous)
+        return None if swapped is None else Snapshot(swapped)
+
+    def _outbound(self, config: ir.MeshConfig, workload: ir.Workload, mesh: str, identity: str
+                  ) -> tuple[Resource, ...]:
+        """The shared outbound part: kept from an earlier build with new endpoints if its view is unchanged."""
+        view = self.outbound_view(workload) if self.outbound_view is not None else None
+        kept = self._kept.get((mesh, identity))
+        resources = None
+        if view is not None and kept is not None and kept[0] is view:
+            resources = self._swap_endpoints(config, kept[1])
+        if resources is None:
+            resources = [self._resource(b) for b in translate_outbound(config, mesh, identity, self.resolvers)]
+        if view is not None:
+            self._kept[(mesh, identity)] = (view, tuple(resources))
+        return tuple(resources)
+
+    def _swap_endpoints(self, config: ir.MeshConfig, resources: Iterable[Resource]) -> list[Resource] | None:
+        """``resources`` with each load assignment made anew from ``config`` (None if one is not ours)."""
+        swapped = []
+        for resource in resources:
+            if resource.type_url == names.ENDPOINT_TYPE:
+                built = load_assignment(config, resource.name)
+                if built is None:
+                    return None
+                resource = self._resource(built)
+            swapped.append(resource)
+        return swapped
+
+    def _use(self, config: ir.MeshConfig) -> None:
+        """What was shared belongs to one configuration: a new one starts afresh."""
+        if config is not self._config:
+            self._config, self._shared, self._serialised = config, {}, {}
 
     def _resource(self, built: Built) -> Resource:
         """``built`` serialised once per build however many identities share it (translate builds each
@@ -194,11 +242,12 @@ class ControlPlane:
         self.source = ConfigDir(options.config_dir)
         self.cache = SnapshotCache()
         self.credentials = Credentials(options.state_dir, ttl=options.cert_ttl)
-        self.controller: Controller[Snapshot] = Controller(self.source, Renderer(self.credentials, options.egress_dns,
-                                                                                     self.source.world.secret),
-                                                            self._publish,
-                                                            options.timing, data_plane=self._data_plane)
+        self.renderer = Renderer(self.credentials, options.egress_dns, self.source.world.secret)
+        self.controller: Controller[Snapshot] = Controller(self.source, self.renderer, self._publish, options.timing,
+                                                            data_plane=self._data_plane)
+        self.renderer.outbound_view = self.controller.outbound_view
         self.controller.after_round = self._after_round
+        self.controller.render_endpoints = self._render_endpoints
         self.xds: XdsServer | None = None
         self.xds_port = 0
         self.admin_port = 0
@@ -297,6 +346,14 @@ class ControlPlane:
             self._changed_at.setdefault(workload.node_id, self.controller.round_started)
             self.metrics.config_bytes.observe(sum(len(resource.body) for resource in snapshot))
 
+    def _render_endpoints(self, config: ir.MeshConfig, workload: ir.Workload) -> Snapshot | None:
+        """New load assignments in the proxy's published snapshot (None: render it in full, e.g. when its
+        latest render was not published)."""
+        previous = self.cache.get(workload.node_id)
+        if previous is None or workload.node_id in self._unpublished:
+            return None
+        return self.renderer.endpoints(config, previous)
+
     def _after_round(self, config: ir.MeshConfig) -> None:
         self.metrics.round_seconds.observe(time.perf_counter() - self.controller.round_started)
         self.metrics.build_seconds.observe(self.controller.build_seconds)
@@ -329,7 +386,7 @@ class ControlPlane:
             states = self.xds.ads.sync_state(node_id)  # this proxy only: ACKs are a hot path
             if states and all(s.status == "SYNCED" for s in states.values()):
                 self.metrics.convergence.observe(time.perf_counter() - self._changed_at.pop(node_id))
-        self.controller.poke()  # ServiceMeshActive may now be True
+        self.controller.poke_status()  # Active may now be True
 
     def _responded(self, node_id: str, type_url: str, version: str) -> None:
         self.metrics.pushes.labels(TypeUrl(type_url).short).inc()
@@ -353,7 +410,7 @@ class ControlPlane:
         self.metrics.nacks.labels(TypeUrl(type_url).short).inc()
         self._sent_at.pop((node_id, type_url), None)
         log.warning("proxy %s rejected %s version %s: %s", node_id, type_url.rsplit(".", 1)[-1], version, message)
-        self.controller.poke()
+        self.controller.poke_status()
 
     def _data_plane(self) -> Mapping[ObjectKey, DataPlaneState]:
         """Per object, what the proxies that depend on it said (see :func:`data_plane_state`)."""
@@ -423,7 +480,7 @@ def data_plane_state(controller: Controller[Any], states: Mapping[str, Mapping[s
     not publish a consistent configuration for it (``unpublished``: node id → reason).
     """
     out: dict[ObjectKey, DataPlaneState] = {}
-    tables = _tables_by_mesh(controller)
+    meshes: dict[str | None, DataPlaneState] = {}  # the worst per mesh, then given to each of its tables
     for node_id in sorted(set(states) | set(unpublished or {})):
         workload = controller.workloads.get(node_id)
         if workload is None:
@@ -433,9 +490,13 @@ def data_plane_state(controller: Controller[Any], states: Mapping[str, Mapping[s
             proxy = DataPlaneState(ConditionStatus.FALSE, f"configuration for proxy {node_id} not published, its last "
                                                           f"good one stays: {unpublished[node_id]}")
         namespace, _, name = workload.deployment.partition("/")
+        key = ObjectKey(Kind.VIRTUAL_DEPLOYMENT, namespace, name)
+        out[key] = _worse(out.get(key), proxy)
         mesh = mesh_of(controller.config, workload)
-        for key in (ObjectKey(Kind.VIRTUAL_DEPLOYMENT, namespace, name), *tables.get(mesh, ())):
-            out[key] = _worse(out.get(key), proxy)
+        meshes[mesh] = _worse(meshes.get(mesh), proxy)
+    tables = _tables_by_mesh(controller)
+    for mesh, worst in meshes.items():
+        out.update(dict.fromkeys(tables.get(mesh, ()), worst))
     return out
 
 

@@ -512,20 +512,74 @@ _PARENT_FIELDS: Mapping[Kind, Callable[[AnyObject, _Pass, Status], Status]] = {
 # ------------------------------------------------------------------------------------------- pass
 
 
+class StatusMemo:
+    """What :func:`compute_status` computed per object last time, and from which inputs.
+
+    An object's status is a function of the object itself (spec, metadata, current status), the
+    parents and targets its references resolve to with their statuses of the same pass, the build's
+    problems for it and its data-plane state. When all of those are the very same values as last
+    time, the last result is reused: a pass over an unchanged mesh costs a lookup per reference
+    instead of the whole derivation, which matters because proxies' ACKs re-run the pass often. An
+    object being deleted is always recomputed (its verdict depends on who refers to it).
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[ObjectKey, tuple[tuple[object, ...], Status]] = {}
+        self.references: dict[ObjectKey, tuple[object, list[Reference]]] = {}  # by spec: writing a status keeps it
+        self.hits = 0
+
+    def references_of(self, obj: AnyObject) -> list[Reference]:
+        """:func:`references` of ``obj``, found again only when its spec is a new object."""
+        held = self.references.get(obj.key)
+        if held is None or held[0] is not obj.spec:
+            held = self.references[obj.key] = (obj.spec, references(obj))
+        return held[1]
+
+
 def compute_status(world: World, *, now: str,
                    problems: Mapping[ObjectKey, Sequence[Problem]] = _NO_PROBLEMS,
-                   data_plane: Mapping[ObjectKey, DataPlaneState] = _NO_DATA_PLANE) -> dict[ObjectKey, Status]:
+                   data_plane: Mapping[ObjectKey, DataPlaneState] = _NO_DATA_PLANE,
+                   memo: StatusMemo | None = None) -> dict[ObjectKey, Status]:
     """The new status of every object in ``world``, in :data:`DEPENDENCY_ORDER` then key order.
 
     ``now`` is an RFC 3339 time used for conditions that change; ``problems`` holds what the build
     found per object (errors make Configured False); ``data_plane`` what the proxies said (no entry:
-    nothing pending). Deterministic: the same inputs give the same output, byte for byte.
+    nothing pending). Deterministic: the same inputs give the same output, byte for byte. With a
+    ``memo`` (kept by the caller between passes), unchanged objects reuse their last result.
     """
     ctx = _Pass(world)
+    previous = memo.entries if memo is not None else {}
+    entries: dict[ObjectKey, tuple[tuple[object, ...], Status]] = {}
     for kind in DEPENDENCY_ORDER:
         for obj in world.objects(kind):
-            ctx.computed[obj.key] = _object_status(obj, ctx, now, problems.get(obj.key, ()), data_plane.get(obj.key))
+            own_problems, state = tuple(problems.get(obj.key, ())), data_plane.get(obj.key)
+            inputs = None if memo is None or obj.deleting else _inputs(obj, ctx, own_problems, state,
+                                                                        memo.references_of(obj))
+            last = previous.get(obj.key)
+            if inputs is not None and last is not None and last[0] == inputs:
+                status = last[1]
+                if memo is not None:
+                    memo.hits += 1
+            else:
+                status = _object_status(obj, ctx, now, own_problems, state)
+            if inputs is not None:
+                entries[obj.key] = (inputs, status)
+            ctx.computed[obj.key] = status
+    if memo is not None:
+        memo.entries = entries
+        memo.references = {key: memo.references[key] for key in entries}
     return ctx.computed
+
+
+def _inputs(obj: AnyObject, ctx: _Pass, problems: tuple[Problem, ...], state: DataPlaneState | None,
+            refs: list[Reference]) -> tuple[object, ...]:
+    """Everything :func:`_object_status` reads for ``obj`` (``refs``: its references): compared by identity
+    first, so cheap."""
+    found: list[object] = [obj, problems, state]
+    for kind, target in refs:
+        parent = resolve(ctx.world, target, kind, obj.namespace)
+        found += (parent, None if parent is None else ctx.status_of(parent))
+    return tuple(found)
 
 
 def _object_status(obj: AnyObject, ctx: _Pass, now: str, problems: Sequence[Problem],

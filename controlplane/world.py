@@ -140,6 +140,7 @@ class Index:
         self._secrets: dict[tuple[str, str], KubeSecret] = {}
         self._authoritative = authoritative
         self._knows_services = authoritative if knows_services is None else knows_services
+        self.version = 0  # bumped by every change: a caller may skip work when it has not moved
         for obj in objects:
             self.put(obj)
         for svc in services:
@@ -155,6 +156,7 @@ class Index:
 
     def put(self, obj: AnyObject) -> None:
         self.remove(obj.key)
+        self.version += 1
         self._by_kind[obj.kind][obj.key] = obj
         self._sorted.pop(obj.kind, None)
         ocid = id_of(obj)
@@ -164,6 +166,7 @@ class Index:
     def remove(self, key: ObjectKey) -> AnyObject | None:
         old = self._by_kind[key.kind].pop(key, None)
         if old is not None:
+            self.version += 1
             self._sorted.pop(key.kind, None)
             ocid = id_of(old)
             if ocid is not None:
@@ -171,15 +174,26 @@ class Index:
         return old
 
     def put_service(self, svc: KubeService) -> None:
+        self.version += 1
         self._services[(svc.namespace, svc.name)] = svc
 
-    def set_services(self, services: Iterable[KubeService]) -> None:
-        """Replace every core Service with ``services`` (a source that re-reads them all)."""
-        self._services = {(svc.namespace, svc.name): svc for svc in services}
+    def set_services(self, services: Iterable[KubeService]) -> bool:
+        """Replace every core Service with ``services`` (a source that re-reads them all); True if any changed."""
+        fresh = {(svc.namespace, svc.name): svc for svc in services}
+        if fresh == self._services:
+            return False
+        self._services = fresh
+        self.version += 1
+        return True
 
-    def set_secrets(self, secrets: Iterable[KubeSecret]) -> None:
-        """Replace every Secret with ``secrets``."""
-        self._secrets = {(secret.namespace, secret.name): secret for secret in secrets}
+    def set_secrets(self, secrets: Iterable[KubeSecret]) -> bool:
+        """Replace every Secret with ``secrets``; True if any changed."""
+        fresh = {(secret.namespace, secret.name): secret for secret in secrets}
+        if fresh == self._secrets:
+            return False
+        self._secrets = fresh
+        self.version += 1
+        return True
 
     def secret(self, namespace: str, name: str) -> KubeSecret | None:
         return self._secrets.get((namespace, name))

@@ -26,6 +26,7 @@ import hashlib
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
+from typing import cast
 
 from meshplane.xds.resources import PUSH_ORDER, Resource, TypeUrl, type_url_of
 
@@ -69,7 +70,8 @@ class Snapshot:
 
     def items(self, type_url: str) -> Mapping[str, Resource]:
         """Name → resource for one type (read-only; empty for a type with no resources)."""
-        return self._by_type.get(type_url_of(type_url), _EMPTY)
+        found = self._by_type.get(cast(TypeUrl, type_url))  # a served type's str finds its TypeUrl key
+        return found if found is not None else self._by_type.get(type_url_of(type_url), _EMPTY)
 
     def version(self, type_url: str) -> str:
         """The content version of one type."""
@@ -98,6 +100,8 @@ def check_consistent(snapshot: Snapshot) -> list[str]:
     problems = set()
     for resource in snapshot:
         for type_url, name in resource.refs:
+            if name in snapshot.items(type_url):
+                continue
             target = type_url_of(type_url)
             if name not in snapshot.items(target):
                 problems.add(

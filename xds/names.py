@@ -111,6 +111,15 @@ def outbound_cluster(deployment: str, port: int) -> str:
     return f"outbound|{port}|{deployment}"
 
 
+def parse_outbound_cluster(name: str) -> tuple[str, int] | None:
+    """``(deployment, port)`` of an :func:`outbound_cluster` name; None for any other name."""
+    kind, _, rest = name.partition("|")
+    port, _, deployment = rest.partition("|")
+    if kind != "outbound" or not port.isdigit() or not deployment:
+        return None
+    return deployment, int(port)
+
+
 # ------------------------------------------------------------------------------------ stats names
 
 STATS_PORT = 15006

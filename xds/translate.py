@@ -364,10 +364,30 @@ def _eds_cluster(config: ir.MeshConfig, destination: _Destination, tls: _ProxyTl
     on the caller (the certificate's secret name is every proxy's own, ``names.WORKLOAD_SECRET``): both
     are built once per build and shared by every caller and gateway of the mesh.
     """
-    return config.memo(("eds cluster", destination, tls.trust_domain), lambda: _new_eds_cluster(destination, tls))
+    return config.memo(("eds cluster", destination, tls.trust_domain),
+                       lambda: _new_eds_cluster(config, destination, tls))
 
 
-def _new_eds_cluster(destination: _Destination, tls: _ProxyTls) -> tuple[Built, Built]:
+def load_assignment(config: ir.MeshConfig, cluster: str) -> Built | None:
+    """This configuration's ClusterLoadAssignment for the outbound EDS cluster ``cluster`` — the very
+    object :func:`translate_outbound` gives — or None if the name is not an outbound deployment cluster.
+
+    For a proxy whose callees only changed endpoints: its other resources stay, these are swapped in.
+    """
+    parsed = names.parse_outbound_cluster(cluster)
+    if parsed is None:
+        return None
+    deployment = config.deployment(parsed[0])
+    endpoints = deployment.endpoints if deployment is not None else ()
+    return _load_assignment(config, names.load_assignment(cluster), endpoints, parsed[1])
+
+
+def _load_assignment(config: ir.MeshConfig, name: str, endpoints: tuple[str, ...], port: int) -> Built:
+    return config.memo(("load assignment", name, endpoints, port),
+                       lambda: Built(names.ENDPOINT_TYPE, name, messages.build_load_assignment(name, endpoints, port)))
+
+
+def _new_eds_cluster(config: ir.MeshConfig, destination: _Destination, tls: _ProxyTls) -> tuple[Built, Built]:
     name, assignment = destination.name, names.load_assignment(destination.name)
     refs = {(names.ENDPOINT_TYPE, assignment)}
     socket = None
@@ -376,9 +396,8 @@ def _new_eds_cluster(destination: _Destination, tls: _ProxyTls) -> tuple[Built, 
         refs |= tls.refs
     cluster = messages.build_eds_cluster(name, upstream=destination.upstream, transport_socket=socket,
                                          stat_name=destination.stat_name)
-    endpoints = messages.build_load_assignment(assignment, destination.endpoints, destination.port)
     return (Built(names.CLUSTER_TYPE, name, cluster, frozenset(refs)),
-            Built(names.ENDPOINT_TYPE, assignment, endpoints))
+            _load_assignment(config, assignment, destination.endpoints, destination.port))
 
 
 @dataclass(frozen=True)

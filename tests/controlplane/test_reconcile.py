@@ -9,7 +9,9 @@ import pytest
 
 from meshplane.controlplane import ir, state
 from meshplane.controlplane.configdir import ConfigDir
+from meshplane.controlplane.model import ConditionStatus, Kind, ObjectKey
 from meshplane.controlplane.reconcile import Controller, Timing, settle
+from meshplane.controlplane.status import DataPlaneState
 from tests import data
 from tests.controlplane.test_configdir import write, write_canary
 
@@ -63,7 +65,8 @@ class Recorder:
 
 def controller(folder: Path) -> tuple[Controller[Rendered], Recorder]:
     recorder = Recorder()
-    return Controller(ConfigDir(folder), recorder.render, recorder.publish, Timing(0.01, 0.05, 0.05)), recorder
+    timing = Timing(0.01, 0.05, 0.05, status_every=0.0)
+    return Controller(ConfigDir(folder), recorder.render, recorder.publish, timing), recorder
 
 
 async def connect_both(ctl: Controller[Rendered]) -> None:
@@ -282,3 +285,79 @@ def test_a_change_re_renders_the_changed_service_and_its_callers_only(tmp_path: 
         return rounds
 
     assert asyncio.run(scenario()) == [["client-a", "reviews-v1-a", "reviews-v2-a"], ["ratings-a"]]
+
+
+def test_an_ack_recomputes_statuses_without_building_or_rendering(tmp_path: Path) -> None:
+    """What proxies said changes Active, nothing else: the round it causes neither builds nor renders."""
+    write_canary(tmp_path)
+    said: dict[ObjectKey, DataPlaneState] = {}
+    recorder = Recorder()
+    ctl = Controller(ConfigDir(tmp_path), recorder.render, recorder.publish, Timing(0.01, 0.05, 0.05, status_every=0.0),
+                     data_plane=lambda: said)
+    table = ObjectKey(Kind.VIRTUAL_SERVICE_ROUTE_TABLE, "shop", "reviews-canary")
+
+    def active() -> str:
+        obj = ctl.source.world.get(table)
+        assert obj is not None
+        return next(c.status.value for c in obj.status.conditions if c.type.value == "ServiceMeshActive")
+
+    async def scenario() -> tuple[str, str, int, int, int]:
+        await connect_both(ctl)
+        before, config, rounds = active(), ctl.config, ctl.rounds
+        recorder.published.clear()
+        said[table] = DataPlaneState(ConditionStatus.UNKNOWN, "waiting for proxy reviews-v1-a to acknowledge")
+        task = asyncio.create_task(ctl.run())
+        await asyncio.sleep(0.1)  # the first round of run() itself
+        rounds = ctl.rounds
+        ctl.poke_status()
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert ctl.config is config, "not built again"
+        return before, active(), ctl.rounds - rounds, ctl.status_rounds, len(recorder.published)
+
+    assert asyncio.run(scenario()) == ("True", "Unknown", 0, 1, 0)
+
+
+def test_a_round_with_nothing_new_does_not_build_again(tmp_path: Path) -> None:
+    write_canary(tmp_path)
+    ctl, _ = controller(tmp_path)
+
+    async def scenario() -> tuple[bool, bool]:
+        await connect_both(ctl)
+        config = ctl.config
+        await ctl.reconcile()
+        unchanged = ctl.config is config
+        ctl.connect(V1)  # the same workload reconnecting: a render, no build
+        await ctl.reconcile()
+        return unchanged, ctl.config is config
+
+    assert asyncio.run(scenario()) == (True, True)
+
+
+def test_a_callee_workload_coming_gives_its_callers_new_endpoints_only(tmp_path: Path) -> None:
+    """client calls reviews. A new reviews-v1 workload changes client's load assignments only: client is
+    patched (render_endpoints), the new workload rendered, reviews' other proxies untouched."""
+    _client_mesh(tmp_path)
+    ctl, recorder = controller(tmp_path)
+    patched: list[tuple[str, tuple[str, ...]]] = []
+
+    def endpoints(config: ir.MeshConfig, workload: ir.Workload) -> Rendered:
+        patched.append((workload.node_id, _endpoints(ctl, "shop/reviews-v1")))
+        return recorder.render(config, workload)
+
+    ctl.render_endpoints = endpoints
+    client = ir.Workload("client-a", "shop/client-v1", "127.0.0.21")
+
+    async def scenario() -> tuple[list[str], int, int]:
+        for workload in (V1, V2, client):
+            ctl.connect(workload)
+        await ctl.reconcile()
+        recorder.published.clear()
+        ctl.connect(ir.Workload("reviews-v1-b", "shop/reviews-v1", "127.0.0.13", app_ports=((9080, 19080),)))
+        await ctl.reconcile()
+        return sorted(n for n, _ in recorder.published), ctl.rendered, ctl.patched
+
+    assert asyncio.run(scenario()) == (["client-a", "reviews-v1-b"], 1, 1)
+    assert patched == [("client-a", ("127.0.0.11", "127.0.0.13"))]

@@ -9,14 +9,18 @@ from typing import Any
 import pytest
 from envoy.config.core.v3 import base_pb2
 
-from meshplane.controlplane import ir
+from meshplane.controlplane import ir, serve
+from meshplane.controlplane.build import build
 from meshplane.controlplane.configdir import ConfigDir
+from meshplane.controlplane.credentials import Credentials
 from meshplane.controlplane.model import ConditionStatus, Kind, ObjectKey
 from meshplane.controlplane.reconcile import Controller
-from meshplane.controlplane.serve import data_plane_state, workload_from_node
+from meshplane.controlplane.serve import Renderer, data_plane_state, workload_from_node
+from meshplane.xds import names, translate
 from meshplane.xds.resources import TypeUrl
 from meshplane.xds.server import StreamRefusedError, TypeSync
 from tests.controlplane.test_configdir import write_canary
+from tests.controlplane.test_reconcile import V1, V2, _client_mesh
 
 
 def node(metadata: dict[str, Any]) -> Any:
@@ -85,3 +89,61 @@ def test_an_unpublished_snapshot_is_reported_on_the_proxys_deployment(tmp_path: 
     states = data_plane_state(ctl, {"reviews-v1-a": SYNCED}, {"reviews-v1-a": "route names cluster x, not in CDS"})
     assert states[VD1].status is ConditionStatus.FALSE
     assert "not published, its last good one stays: route names cluster x" in states[VD1].message
+
+
+def test_new_endpoints_swapped_into_a_snapshot_equal_a_full_render(tmp_path: Path) -> None:
+    """The endpoints-only path gives byte for byte what rendering anew would: same versions per type."""
+    (tmp_path / "config").mkdir()
+    _client_mesh(tmp_path / "config")
+    source = ConfigDir(tmp_path / "config")
+    source.sync()
+    renderer = Renderer(Credentials(tmp_path / "state"))
+    client = ir.Workload("client-a", "shop/client-v1", "127.0.0.21")
+    workloads = [V1, V2, client]
+    before = renderer(build(source.world, workloads)[0], client)
+    config = build(source.world, [*workloads, ir.Workload("reviews-v1-b", "shop/reviews-v1", "127.0.0.13")])[0]
+    swapped = renderer.endpoints(config, before)
+    assert swapped is not None
+    assert swapped.versions() == renderer(config, client).versions()
+    changed = {t for t, v in swapped.versions().items() if before.versions()[t] != v}
+    assert changed == {TypeUrl.ENDPOINT}
+    assignment = swapped.items(names.ENDPOINT_TYPE)[names.outbound_cluster("shop/reviews-v1", 9080)]
+    assert b"127.0.0.13" in assignment.body
+
+
+def test_an_outbound_cluster_name_reads_back_as_its_deployment_and_port() -> None:
+    assert names.parse_outbound_cluster(names.outbound_cluster("shop/reviews-v1", 9080)) == ("shop/reviews-v1", 9080)
+    for other in (names.OUTBOUND_HTTP, names.EGRESS_HTTP_CLUSTER, "outbound|9080|", "inbound|9080|shop/x"):
+        assert names.parse_outbound_cluster(other) is None
+
+
+def test_an_unchanged_outbound_view_keeps_the_shared_part_and_renders_what_a_fresh_renderer_would(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new build whose outbound view is the same version re-translates nothing outbound, swaps in the new
+    endpoints, and gives the snapshot a renderer without any memory gives; a new version re-translates."""
+    (tmp_path / "config").mkdir()
+    _client_mesh(tmp_path / "config")
+    source = ConfigDir(tmp_path / "config")
+    source.sync()
+    credentials = Credentials(tmp_path / "state")
+    renderer = Renderer(credentials)
+    view: list[object] = [object()]
+    renderer.outbound_view = lambda workload: view[0]
+    translated: list[str] = []
+    real = translate.translate_outbound
+
+    def counting(config: ir.MeshConfig, mesh: str, identity: str, resolvers: Any = ()) -> Any:
+        translated.append(identity)
+        return real(config, mesh, identity, resolvers)
+
+    monkeypatch.setattr(serve, "translate_outbound", counting)
+    client = ir.Workload("client-a", "shop/client-v1", "127.0.0.21")
+    workloads = [V1, V2, client]
+    renderer(build(source.world, workloads)[0], client)
+    config = build(source.world, [*workloads, ir.Workload("reviews-v1-b", "shop/reviews-v1", "127.0.0.13")])[0]
+    kept = renderer(config, client)
+    assert len(translated) == 1, "the second build kept the outbound part"
+    assert kept.versions() == Renderer(credentials)(config, client).versions()
+    view[0] = object()
+    renderer(build(source.world, workloads)[0], client)
+    assert len(translated) == 3, "a new view version is translated again (the fresh renderer above counted once)"

@@ -34,6 +34,7 @@ from meshplane.controlplane.status import (
     MAX_MESSAGE,
     SUCCESSFUL,
     DataPlaneState,
+    StatusMemo,
     can_finalize,
     compute_status,
     condition_types,
@@ -512,3 +513,34 @@ def test_a_deleting_object_reports_deleting_rather_than_configured() -> None:
     table = statuses[key(VSRT, "reviews-canary")]
     assert summary(table) == [("Unknown", LIFECYCLE_STATE_CHANGED)] * 3
     assert table.virtual_deployment_id_for_rules == ((oid(VD, "reviews-v1"), oid(VD, "reviews-v2")),)
+
+
+def test_a_memo_reuses_unchanged_objects_and_always_agrees_with_a_fresh_pass() -> None:
+    """Passes over a changing world — settled, a parent edited, data-plane news, a parent deleted — give
+    the same statuses with a memo as without, and the memo skips the objects whose inputs stayed."""
+    memo = StatusMemo()
+    objects = canary()
+    table = next(o.key for o in objects if o.kind is Kind.VIRTUAL_SERVICE_ROUTE_TABLE)
+    service = next(o for o in objects if o.kind is Kind.VIRTUAL_SERVICE)
+    the_mesh = next(o for o in objects if o.kind is Kind.MESH)
+    steps: list[tuple[list[AnyObject], dict[str, Any]]] = []
+
+    def step(world: list[AnyObject], **kw: Any) -> list[AnyObject]:
+        hits = memo.hits
+        fresh = run(world, **kw)
+        assert compute_status(Index(world), now=T1, memo=memo, **kw) == fresh
+        steps.append((world, {"hits": memo.hits - hits}))
+        return settle(world, fresh)
+
+    objects = step(objects)
+    objects = step(objects)  # statuses written back: each object is a new value, so recomputed once more
+    objects = step(objects)  # a fixed point (observedGeneration moved in the second pass)
+    step(objects)
+    assert steps[-1][1]["hits"] == len(objects), "nothing changed: every object reused"
+    edited = [replace(o, spec=replace(o.spec, mtls=None)) if o.key == service.key else o for o in objects]
+    step(edited)
+    assert 0 < steps[-1][1]["hits"] < len(objects), "the service and what hangs on it recomputed, not the mesh"
+    step(objects, data_plane={table: DataPlaneState(ConditionStatus.FALSE, "proxy x rejected it")})
+    gone = [deleting(o) if o.key == the_mesh.key else o for o in objects]
+    step(gone)
+    step(gone)
