@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from meshplane.controlplane import ir
-from meshplane.controlplane.build import build
+from meshplane.controlplane.build import BuildMemo, build
 from meshplane.controlplane.configdir import ConfigDir
 from meshplane.controlplane.model import ObjectKey
 from meshplane.controlplane.problems import Problem
@@ -106,6 +106,7 @@ class Controller(Generic[T]):
     _rebuild: bool = True  # the workloads changed since the last build
     _status_due: bool = False  # what proxies said changed
     _status_memo: StatusMemo = field(default_factory=StatusMemo)
+    _build_memo: BuildMemo = field(default_factory=BuildMemo)
     _status_inputs: tuple[object, ...] = ()  # world version, problems, data-plane states of the last pass
     _status_at: float = float("-inf")  # time.monotonic() of the last status pass
     _status_timer: asyncio.TimerHandle | None = None
@@ -178,9 +179,12 @@ class Controller(Generic[T]):
         """One round: sync, build, status, render and publish for affected workloads."""
         self._config_due = False
         started = self.round_started = time.perf_counter()
-        if self.source.sync() or self._rebuild or not self.rounds:
+        objects_changed = self.source.sync() or not self.rounds
+        if objects_changed or self._rebuild:
             self._rebuild = False
-            self.config, self.problems = build(self.source.world, self.workloads.values())
+            if objects_changed:
+                self._build_memo.forget()
+            self.config, self.problems = build(self.source.world, self.workloads.values(), self._build_memo)
             self.build_seconds = time.perf_counter() - started
             await asyncio.sleep(0)  # between phases too: a long round must not hold streams and ACKs
             self._views = self._mesh_views()

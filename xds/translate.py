@@ -285,13 +285,29 @@ def _plans(config: ir.MeshConfig, mesh: str, identity: str) -> tuple[list[_Virtu
     service through it.
     """
     def scoped() -> tuple[list[_VirtualHost], L4Plan]:
-        allowed = {s.key for s in config.mesh_services(mesh) if s.callers.admits(identity)}
+        everyone, named = _callees(config, mesh)
+        allowed = everyone | named.get(identity, set())
         virtual_hosts, l4 = _mesh_plans(config, mesh)
         kept = {number: (protocol, [c for c in chains if c.service in allowed])
                 for number, (protocol, chains) in l4.items()}
         return ([v for v in virtual_hosts if v.service in allowed],
                 {number: plan for number, plan in kept.items() if plan[1]})
     return config.memo(("plans", mesh, identity), scoped)
+
+
+def _callees(config: ir.MeshConfig, mesh: str) -> tuple[set[str], dict[str, set[str]]]:
+    """The services of ``mesh`` any service may call, and per identity those that name it (``Callers.admits``
+    for a service identity), indexed once per configuration instead of a walk per caller."""
+    def index() -> tuple[set[str], dict[str, set[str]]]:
+        everyone: set[str] = set()
+        named: dict[str, set[str]] = {}
+        for service in config.mesh_services(mesh):
+            if service.callers.all_services:
+                everyone.add(service.key)
+            for identity in service.callers.identities:
+                named.setdefault(identity, set()).add(service.key)
+        return everyone, named
+    return config.memo(("callees", mesh), index)
 
 
 def _mesh_plans(config: ir.MeshConfig, mesh: str) -> tuple[list[_VirtualHost], L4Plan]:

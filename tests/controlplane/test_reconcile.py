@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from meshplane.controlplane import ir, state
+from meshplane.controlplane.build import BuildMemo, build
 from meshplane.controlplane.configdir import ConfigDir
 from meshplane.controlplane.model import ConditionStatus, Kind, ObjectKey
 from meshplane.controlplane.reconcile import Controller, Timing, settle
@@ -361,3 +362,46 @@ def test_a_callee_workload_coming_gives_its_callers_new_endpoints_only(tmp_path:
 
     assert asyncio.run(scenario()) == (["client-a", "reviews-v1-b"], 1, 1)
     assert patched == [("client-a", ("127.0.0.11", "127.0.0.13"))]
+
+
+def test_a_build_reusing_the_access_policies_gives_what_a_fresh_build_gives(tmp_path: Path) -> None:
+    """Workloads come and go between builds; the objects do not: the memo's access resolution is reused,
+    and the result is the fresh build's, problems included."""
+    _client_mesh(tmp_path)
+    source = ConfigDir(tmp_path)
+    source.sync()
+    memo = BuildMemo()
+    build(source.world, [V1], memo)
+    access = memo.access
+    workloads = [V1, V2, ir.Workload("client-a", "shop/client-v1", "127.0.0.21")]
+    assert build(source.world, workloads, memo) == build(source.world, workloads)
+    assert access is not None and memo.access is access
+    memo.forget()
+    build(source.world, workloads, memo)
+    assert memo.access is not access
+
+
+def test_statuses_wait_for_status_every_after_a_pass(tmp_path: Path) -> None:
+    """ACKs keep coming at 2,000 proxies: a status pass runs at most once per ``status_every``."""
+    write_canary(tmp_path)
+    recorder = Recorder()
+    said: dict[ObjectKey, DataPlaneState] = {}
+    ctl = Controller(ConfigDir(tmp_path), recorder.render, recorder.publish,
+                     Timing(0.01, 0.05, 0.05, status_every=0.4), data_plane=lambda: said)
+    table = ObjectKey(Kind.VIRTUAL_SERVICE_ROUTE_TABLE, "shop", "reviews-canary")
+
+    async def scenario() -> tuple[int, int]:
+        await connect_both(ctl)
+        task = asyncio.create_task(ctl.run())
+        await asyncio.sleep(0.05)
+        said[table] = DataPlaneState(ConditionStatus.UNKNOWN, "waiting")
+        ctl.poke_status()
+        await asyncio.sleep(0.15)
+        early = ctl.status_rounds
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return early, ctl.status_rounds
+
+    assert asyncio.run(scenario()) == (0, 1)
