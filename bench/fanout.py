@@ -45,7 +45,7 @@ Measured (times from ``time.monotonic``, one clock for both processes):
 * ``route_change``: the changed service's route table file is rewritten (90/10 → 50/50, atomically).
   Per affected proxy (one whose RDS version changed), the time from the write until it ACKed the new
   RDS version; ``expected_affected`` counts the proxies of the K services allowed to call it. It
-  includes serve's config-directory poll (every 0.25 s, not configurable), the coalescing quiet time
+  includes serve's config-directory poll (every 0.1 s, serve's --poll-ms), the coalescing quiet time
   (``--quiet-ms``), the round, the push and the ACK.
 * For the control-plane process, per phase: CPU seconds (utime + stime from /proc/PID/stat, all its
   threads) and the peak RSS so far (VmHWM from /proc/PID/status), plus its own metrics' counters.
@@ -113,7 +113,7 @@ MESH = "bench"
 COMPARTMENT = "ocid1.compartment.oc1..aaaa"
 PORT, APP_PORT = 8080, 18080
 WEIGHTS_BEFORE, WEIGHTS_AFTER = (90, 10), (50, 50)
-POLL_SECONDS = 0.25  # serve's config-directory poll (serve.Options.poll_seconds; no flag)
+POLL_SECONDS = 0.1  # serve's config-directory poll (--poll-ms, default 100)
 
 CDS, EDS, LDS, RDS, SDS = (names.CLUSTER_TYPE, names.ENDPOINT_TYPE, names.LISTENER_TYPE, names.ROUTE_TYPE,
                            names.SECRET_TYPE)

@@ -32,7 +32,7 @@ Choices (each written in docs/traffic.md for users):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from meshplane.controlplane import ir
@@ -93,14 +93,30 @@ class _Build:
 
 @dataclass
 class BuildMemo:
-    """What a build may reuse from the previous one while the objects are unchanged (only workloads came or
-    went): the resolved access policies, the costliest part at 1,000 services. Whoever changes the objects
-    calls :meth:`forget` (the reconcile loop does when its source changed)."""
+    """What a build may reuse from the previous one: the resolved access policies (the costliest part at
+    1,000 services), while the objects they are made of — meshes, virtual services, ingress gateways and
+    access policies, by key, metadata and spec — are the same. A status write keeps an object's spec and
+    metadata objects, so comparing them is mostly identity checks; a route-table edit or workloads coming
+    and going keep the resolution."""
 
     access: Access | None = None
+    inputs: tuple[tuple[object, ...], ...] = ()
 
     def forget(self) -> None:
-        self.access = None
+        self.access, self.inputs = None, ()
+
+    def reuse(self, inputs: tuple[tuple[object, ...], ...], resolve: Callable[[], Access]) -> Access:
+        """The held resolution if it was made from ``inputs``, else a new one (then held)."""
+        if self.access is None or self.inputs != inputs:
+            self.access, self.inputs = resolve(), inputs
+        return self.access
+
+
+_ACCESS_KINDS = (Kind.MESH, Kind.VIRTUAL_SERVICE, Kind.INGRESS_GATEWAY, Kind.ACCESS_POLICY)
+
+
+def _access_inputs(world: World) -> tuple[tuple[object, ...], ...]:
+    return tuple((o.key, o.metadata, o.spec) for kind in _ACCESS_KINDS for o in world.objects(kind))
 
 
 def build(world: World, workloads: Iterable[ir.Workload] = (), memo: BuildMemo | None = None
@@ -116,9 +132,7 @@ def build(world: World, workloads: Iterable[ir.Workload] = (), memo: BuildMemo |
             ctx.services[key_of(vs)] = vs
     for vd in world.objects(Kind.VIRTUAL_DEPLOYMENT):
         _add_deployment(ctx, vd)
-    access = memo.access if memo is not None and memo.access is not None else _access(ctx)
-    if memo is not None:
-        memo.access = access
+    access = _access(ctx) if memo is None else memo.reuse(_access_inputs(world), lambda: _access(ctx))
     for obj_key, found in access.problems.items():
         ctx.problems.setdefault(obj_key, []).extend(found)
     services = tuple(_service(ctx, vs, access.callers_of(key)) for key, vs in ctx.services.items())

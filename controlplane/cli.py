@@ -124,6 +124,8 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument("--admin-address", default="127.0.0.1:15014", metavar="HOST:PORT")
     serve.add_argument("--quiet-ms", type=int, default=100, help="rebuild after changes stop for this long (100)")
     serve.add_argument("--max-delay-ms", type=int, default=1000, help="rebuild at most this long after a change")
+    serve.add_argument("--poll-ms", type=int, default=100,
+                       help="look for changed files under --config-dir this often (default 100)")
     serve.add_argument("--cert-ttl", type=float, default=86400, metavar="SECONDS",
                        help="lifetime of workload certificates, renewed at 2/3 of it (default 86400 = 24 h)")
     serve.add_argument("--egress-dns", action="append", default=[], metavar="HOST:PORT",
@@ -264,7 +266,7 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                             cert_ttl=timedelta(seconds=args.cert_ttl), egress_dns=resolvers,
                             webhook_address=args.webhook_address, sidecar_image=args.sidecar_image,
                             proxy_xds_address=args.proxy_xds_address, stream_rate=args.stream_rate,
-                            stream_burst=args.stream_burst)
+                            stream_burst=args.stream_burst, poll_seconds=max(1, args.poll_ms) / 1000)
     asyncio.run(serve.run(options))
     return 0
 

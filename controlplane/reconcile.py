@@ -7,11 +7,12 @@ runs :meth:`Controller.reconcile` once for all of them:
 
 1. sync the source (objects accepted one by one, see :mod:`configdir`);
 2. build the IR from the accepted objects and the connected workloads (pure) — only if either changed;
-3. compute every object's status (pure) and record it — only if the world, the build's problems or
-   what the proxies said changed, and then only for the objects whose inputs did (:class:`StatusMemo`);
-4. for each connected workload whose inputs changed — its own deployment, or anything in its mesh —
+3. for each connected workload whose inputs changed — its own deployment, or anything in its mesh —
    render its configuration and publish it. Identical inputs are never rendered twice, and the
-   renderer's output is content-versioned downstream, so identical output is never re-sent.
+   renderer's output is content-versioned downstream, so identical output is never re-sent;
+4. compute every object's status (pure) and record it — only if the world, the build's problems or
+   what the proxies said changed, then only for the objects whose inputs did (:class:`StatusMemo`), and
+   at most once per ``status_every`` seconds.
 
 When a sidecar's inputs differ from last time only in its callees' endpoints (workloads came or went),
 ``render_endpoints`` — if given — swaps the new load assignments into its last snapshot instead of
@@ -179,11 +180,8 @@ class Controller(Generic[T]):
         """One round: sync, build, status, render and publish for affected workloads."""
         self._config_due = False
         started = self.round_started = time.perf_counter()
-        objects_changed = self.source.sync() or not self.rounds
-        if objects_changed or self._rebuild:
+        if self.source.sync() or self._rebuild or not self.rounds:
             self._rebuild = False
-            if objects_changed:
-                self._build_memo.forget()
             self.config, self.problems = build(self.source.world, self.workloads.values(), self._build_memo)
             self.build_seconds = time.perf_counter() - started
             await asyncio.sleep(0)  # between phases too: a long round must not hold streams and ACKs
@@ -191,10 +189,9 @@ class Controller(Generic[T]):
         else:
             self.build_seconds = 0.0
         self.render_seconds, self.rendered, self.patched = 0.0, 0, 0
-        self._status_soon()
-        await asyncio.sleep(0)
         for workload in list(self.workloads.values()):
             await self._refresh(workload)
+        self._status_soon()  # after the proxies: statuses are read by people, configuration by proxies
         if self.after_round is not None:
             self.after_round(self.config)
         self.rounds += 1

@@ -64,7 +64,7 @@ class Options:
     xds_address: str = "127.0.0.1:15012"
     admin_address: str = "127.0.0.1:15014"
     timing: Timing = Timing()
-    poll_seconds: float = 0.25
+    poll_seconds: float = 0.1  # how often the config directory is checked for changed files (a stat of each)
     restart_grace: float = 30.0  # how long workloads of a previous run stay endpoints while they reconnect
     cert_ttl: timedelta = DEFAULT_TTL  # lifetime of workload certificates (renewed at 2/3)
     egress_dns: tuple[tuple[str, int], ...] = ()  # DNS servers for allowed external hosts (empty: the system's)

@@ -365,8 +365,8 @@ def test_a_callee_workload_coming_gives_its_callers_new_endpoints_only(tmp_path:
 
 
 def test_a_build_reusing_the_access_policies_gives_what_a_fresh_build_gives(tmp_path: Path) -> None:
-    """Workloads come and go between builds; the objects do not: the memo's access resolution is reused,
-    and the result is the fresh build's, problems included."""
+    """Workloads come and go, a route table changes: the memo's access resolution is reused; a policy
+    changes: it is resolved again. Each time the result is the fresh build's, problems included."""
     _client_mesh(tmp_path)
     source = ConfigDir(tmp_path)
     source.sync()
@@ -376,8 +376,19 @@ def test_a_build_reusing_the_access_policies_gives_what_a_fresh_build_gives(tmp_
     workloads = [V1, V2, ir.Workload("client-a", "shop/client-v1", "127.0.0.21")]
     assert build(source.world, workloads, memo) == build(source.world, workloads)
     assert access is not None and memo.access is access
-    memo.forget()
-    build(source.world, workloads, memo)
+    table = next(d for d in data.manifests("canary") if d["kind"] == "VirtualServiceRouteTable")
+    table["spec"]["routeRules"][0]["httpRoute"]["destinations"][0]["weight"] = 60
+    table["spec"]["routeRules"][0]["httpRoute"]["destinations"][1]["weight"] = 40
+    write(tmp_path / "VirtualServiceRouteTable-reviews-canary.yaml", table)
+    assert source.sync()
+    assert build(source.world, workloads, memo) == build(source.world, workloads)
+    assert memo.access is access, "a route table is not an input of the access policies"
+    policy = next(d for d in data.manifests("canary") if d["kind"] == "AccessPolicy")
+    policy["spec"]["rules"].append({"action": "ALLOW", "source": {"virtualService": {"ref": {"name": "ratings"}}},
+                                    "destination": {"virtualService": {"ref": {"name": "reviews"}}}})
+    write(tmp_path / "AccessPolicy-shop-policy.yaml", policy)
+    source.sync()
+    assert build(source.world, workloads, memo) == build(source.world, workloads)
     assert memo.access is not access
 
 
