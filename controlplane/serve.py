@@ -150,9 +150,8 @@ class Renderer:
 
     def _resource(self, built: Built) -> Resource:
         """``built`` serialised once per build however many identities share it (translate builds each
-        cluster and load assignment once per build); the message is held here so its id stays its own."""
-        if built.type_url not in (names.CLUSTER_TYPE, names.ENDPOINT_TYPE):
-            return Resource.of(built.message, built.refs)
+        cluster and load assignment once per build, and an identical outbound part once for identities that
+        may call the same services); the message is held here so its id stays its own."""
         held = self._serialised.get(id(built.message))
         if held is None:
             held = self._serialised[id(built.message)] = (built.message, Resource.of(built.message, built.refs))

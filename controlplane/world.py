@@ -180,20 +180,16 @@ class Index:
     def set_services(self, services: Iterable[KubeService]) -> bool:
         """Replace every core Service with ``services`` (a source that re-reads them all); True if any changed."""
         fresh = {(svc.namespace, svc.name): svc for svc in services}
-        if fresh == self._services:
-            return False
-        self._services = fresh
-        self.version += 1
-        return True
+        changed, self._services = fresh != self._services, fresh
+        self.version += changed
+        return changed
 
     def set_secrets(self, secrets: Iterable[KubeSecret]) -> bool:
         """Replace every Secret with ``secrets``; True if any changed."""
         fresh = {(secret.namespace, secret.name): secret for secret in secrets}
-        if fresh == self._secrets:
-            return False
-        self._secrets = fresh
-        self.version += 1
-        return True
+        changed, self._secrets = fresh != self._secrets, fresh
+        self.version += changed
+        return changed
 
     def secret(self, namespace: str, name: str) -> KubeSecret | None:
         return self._secrets.get((namespace, name))

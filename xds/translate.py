@@ -269,6 +269,17 @@ def translate_outbound(config: ir.MeshConfig, mesh: str, identity: str, resolver
     that a served virtual host or L4 port uses are built, so a deployment nobody routes to costs
     proxies nothing. ``identity`` also decides which certificate mutual TLS clusters present.
     """
+    everyone, named = _callees(config, mesh)
+    found = config.mesh(mesh)
+    externals = tuple(e for e in found.egress if e.callers.admits(identity)) if found is not None else ()
+    key = ("outbound", mesh, frozenset(everyone | named.get(identity, set())), externals, tuple(resolvers))
+    return config.memo(key, lambda: _outbound(config, mesh, identity, resolvers))
+
+
+def _outbound(config: ir.MeshConfig, mesh: str, identity: str, resolvers: Resolvers) -> Resources:
+    """:func:`translate_outbound` for one identity; identities that may call the same services and reach
+    the same external services get the very same resources (nothing here names the caller), so at call-all
+    the mesh is translated once, not once per identity."""
     virtual_hosts, l4 = _plans(config, mesh, identity)
     egress = _egress(config, mesh, identity)
     tls = _proxy_tls(config, mesh, identity)
