@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -111,7 +111,7 @@ class Controller(Generic[T]):
     _status_inputs: tuple[object, ...] = ()  # world version, problems, data-plane states of the last pass
     _status_at: float = float("-inf")  # time.monotonic() of the last status pass
     _status_timer: asyncio.TimerHandle | None = None
-    _views: dict[str | None, object] = field(default_factory=dict)
+    _views: dict[Hashable, object] = field(default_factory=dict)
     _leaving: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
     _trigger: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -251,20 +251,21 @@ class Controller(Generic[T]):
         self._inputs[workload.node_id] = inputs
         await asyncio.sleep(0)  # a round renders many proxies: let streams, ACKs and keepalives run between them
 
-    def _mesh_views(self) -> dict[str | None, object]:
+    def _mesh_views(self) -> dict[Hashable, object]:
         """Per mesh (key ``mesh key``) and per virtual service, a version of what its proxies' configuration
         is made of: the same object as last round when the content is equal.
 
         A gateway depends on its whole mesh. A sidecar depends on its service's part only (:func:`service_views`):
         what it may call (``_OUTBOUND``), that plus who may call it (``_SERVICE``), and its callees' endpoints
         (``_ENDPOINTS``). Each view is compared once per round, by value with last round's (a service view
-        holds its outbound view's version, compared by identity); workloads then compare versions by
-        identity, so a change re-renders only the proxies whose view it touched.
+        holds its outbound view's version, compared by identity; services that may call the same services
+        share one outbound and one endpoints view); workloads then compare versions by identity, so a change
+        re-renders only the proxies whose view it touched.
         """
         previous = self._views
-        views: dict[str | None, object] = {}
+        views: dict[Hashable, object] = {}
 
-        def version(key: str, content: object) -> _View:
+        def version(key: Hashable, content: object) -> _View:
             old = previous.get(key)
             view = views[key] = old if isinstance(old, _View) and old.content == content else _View(content)
             return view
@@ -274,9 +275,12 @@ class Controller(Generic[T]):
                 services = self.config.mesh_services(mesh.key)
                 keys = {s.key for s in services}
                 version(mesh.key, (mesh, services, tuple(d for d in self.config.deployments if d.service in keys)))
-        for key, (outbound, inbound, endpoints) in service_views(self.config).items():
-            version(_SERVICE + key, (version(_OUTBOUND + key, outbound), *inbound))
-            version(_ENDPOINTS + key, endpoints)
+        groups: dict[object, tuple[_View, _View]] = {}  # callee set → its versions, compared once per round
+        for key, (group, outbound, inbound, endpoints) in service_views(self.config).items():
+            if group not in groups:
+                groups[group] = (version(("outbound", group), outbound), version(("endpoints", group), endpoints))
+            views[_OUTBOUND + key], views[_ENDPOINTS + key] = groups[group]
+            version(_SERVICE + key, (groups[group][0], *inbound))
         return views
 
     def outbound_view(self, workload: ir.Workload) -> object | None:
@@ -304,11 +308,16 @@ _ENDPOINTS = "endpoints "  # view keys of the endpoints a virtual service's prox
 _OUTBOUND = "outbound "  # view keys of what a virtual service's proxies may call, endpoints aside
 
 
-def service_views(config: ir.MeshConfig) -> dict[str, tuple[tuple[object, ...], tuple[object, ...], object]]:
-    """Per virtual service key, everything its sidecars' translation reads besides their own deployment,
-    in three parts:
+ServiceView = tuple[object, tuple[object, ...], tuple[object, ...], object]
 
-    * outbound: the mesh (trust domain, mTLS floor, egress) and its TCP ports, the service's identity, the
+
+def service_views(config: ir.MeshConfig) -> dict[str, ServiceView]:
+    """Per virtual service key, everything its sidecars' translation reads besides their own deployment:
+
+    * a group: the mesh, the services it may call and the external services its identity may reach.
+      Services of one group share the next two parts (the very same objects), so at call-all the mesh is
+      gathered and compared once, not once per service;
+    * outbound: the mesh (trust domain, mTLS floor, egress) and its TCP ports, the external services, the
       services it may call and their deployments without endpoints (routes, clusters);
     * inbound: the service itself (ports, routes, mode, callers) and the addresses of the workloads that
       may call it when some chain is plaintext (RBAC by address);
@@ -321,24 +330,27 @@ def service_views(config: ir.MeshConfig) -> dict[str, tuple[tuple[object, ...], 
     for deployment in config.deployments:
         deployments.setdefault(deployment.service, []).append(deployment)
         shapes[deployment.key] = replace(deployment, endpoints=())
-    by_identity: dict[str, list[ir.Service]] = {}
-    open_to_all: dict[str, list[ir.Service]] = {}
+    by_identity: dict[str, dict[str, ir.Service]] = {}
+    open_to_all: dict[str, dict[str, ir.Service]] = {}
     for service in config.services:
         for identity in service.callers.identities:
-            by_identity.setdefault(identity, []).append(service)
+            by_identity.setdefault(identity, {})[service.key] = service
         if service.callers.all_services:
-            open_to_all.setdefault(service.mesh, []).append(service)
-    identities = {s.identity: s for s in config.services} | {g.identity: g for g in config.gateways}
-    views: dict[str, tuple[tuple[object, ...], tuple[object, ...], object]] = {}
+            open_to_all.setdefault(service.mesh, {})[service.key] = service
+    addresses = _CallerAddresses(config, deployments)
+    shared: dict[object, tuple[tuple[object, ...], object]] = {}
+    views: dict[str, ServiceView] = {}
     for service in config.services:
-        callees = sorted({*open_to_all.get(service.mesh, ()), *by_identity.get(service.identity, ())},
-                         key=lambda s: s.key)
-        called = [d for callee in callees for d in deployments.get(callee.key, ())]
-        outbound = (config.mesh(service.mesh), config.tcp_ports(service.mesh), service.identity, tuple(callees),
-                    tuple(shapes[d.key] for d in called))
-        inbound = (service, _caller_endpoints(config, service, identities, deployments)
-                   if _plaintext(service, deployments.get(service.key, ())) else None)
-        views[service.key] = (outbound, inbound, tuple((d.key, d.endpoints) for d in called))
+        callees = open_to_all.get(service.mesh, {}) | by_identity.get(service.identity, {})
+        mesh = config.mesh(service.mesh)
+        externals = tuple(e for e in mesh.egress if e.callers.admits(service.identity)) if mesh else ()
+        group = (service.mesh, tuple(sorted(callees)), externals)
+        if group not in shared:
+            called = [d for key in group[1] for d in deployments.get(key, ())]
+            shared[group] = ((mesh, config.tcp_ports(service.mesh), externals, tuple(callees[k] for k in group[1]),
+                              tuple(shapes[d.key] for d in called)), tuple((d.key, d.endpoints) for d in called))
+        inbound = (service, addresses.of(service) if _plaintext(service, deployments.get(service.key, ())) else None)
+        views[service.key] = (group, shared[group][0], inbound, shared[group][1])
     return views
 
 
@@ -350,22 +362,35 @@ def _plaintext(service: ir.Service, deployments: Iterable[ir.Deployment]) -> boo
     return service.mtls is not ir.Mtls.STRICT or ir.Protocol.TLS_PASSTHROUGH in protocols
 
 
-def _caller_endpoints(config: ir.MeshConfig, service: ir.Service, identities: dict[str, Any],
-                      deployments: dict[str, list[ir.Deployment]]) -> frozenset[str]:
-    """The addresses the service's callers connect from: every workload of the mesh when any service may
-    call (allowed by ``allVirtualServices``), else the named services' and gateways' workloads."""
-    def endpoints_of(caller: Any) -> Iterable[str]:
+class _CallerAddresses:
+    """The addresses a service's callers connect from: every workload of the mesh when any service may
+    call (``allVirtualServices``; gathered once per mesh), else the named services' and gateways'."""
+
+    def __init__(self, config: ir.MeshConfig, deployments: dict[str, list[ir.Deployment]]) -> None:
+        self.config = config
+        self.deployments = deployments
+        self.identities: dict[str, Any] = {s.identity: s for s in config.services} | {
+            g.identity: g for g in config.gateways}
+        self.meshes: dict[str, frozenset[str]] = {}
+
+    def of(self, service: ir.Service) -> frozenset[str]:
+        named: set[str] = set()
+        for identity in service.callers.identities:
+            caller = self.identities.get(identity)
+            if caller is not None and caller.mesh == service.mesh:
+                named.update(self._endpoints(caller))
+        if not service.callers.all_services:
+            return frozenset(named)
+        if service.mesh not in self.meshes:
+            self.meshes[service.mesh] = frozenset(
+                a for s in self.config.mesh_services(service.mesh) for a in self._endpoints(s))
+        everyone = self.meshes[service.mesh]
+        return everyone if named <= everyone else everyone | named
+
+    def _endpoints(self, caller: Any) -> Iterable[str]:
         if isinstance(caller, ir.Gateway):
             return caller.endpoints
-        return (a for d in deployments.get(caller.key, ()) for a in d.endpoints)
-    found: set[str] = set()
-    if service.callers.all_services:
-        found.update(a for s in config.mesh_services(service.mesh) for a in endpoints_of(s))
-    for identity in service.callers.identities:
-        caller = identities.get(identity)
-        if caller is not None and caller.mesh == service.mesh:
-            found.update(endpoints_of(caller))
-    return frozenset(found)
+        return (a for d in self.deployments.get(caller.key, ()) for a in d.endpoints)
 
 
 class _View:
