@@ -150,7 +150,7 @@ class Demo:
         path = self.root / f"{node}.json"
         path.write_text(json.dumps(render_bootstrap(spec)))
         log = (self.root / f"{node}.log").open("wb")
-        command = [envoy_binary(), "-c", str(path), "--base-id", str(random.randint(1000, 60000)), "--concurrency",
+        command = [envoy_binary(), "-c", str(path), "--use-dynamic-base-id", "--concurrency",
                    "1", "--admin-address-path", str(self.root / f"{node}.admin"), "-l", "warning"]
         self.envoys.append(subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log))
         log.close()

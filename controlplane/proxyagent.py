@@ -362,7 +362,9 @@ async def run_agent(spec: BootstrapSpec, *, envoy: str, log_level: str, health_h
         config = _prepare(spec, private, owner)
         runner, port = await _serve_health(spec, health_host, health_port)
         try:
-            argv = [envoy, "-c", str(config), "--log-level", log_level, "--base-id", str(os.getpid()),
+            # Envoy picks a free base id: one derived from a pid collides with the shared memory a killed
+            # Envoy left behind once that pid comes round again ("cannot open shared memory region")
+            argv = [envoy, "-c", str(config), "--log-level", log_level, "--use-dynamic-base-id",
                     "--file-flush-interval-msec", ACCESS_LOG_FLUSH_MS]
             return await _supervise(argv, private, owner, lambda pid: _started(on_start, Running(port, pid)))
         finally:

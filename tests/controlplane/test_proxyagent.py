@@ -338,7 +338,7 @@ def test_envoy_gets_its_bootstrap_and_private_credentials_which_are_removed_afte
     bootstrap = yaml.safe_load(report(envoy, "bootstrap"))
     assert bootstrap["node"]["metadata"][names.META_CAPTURE] == "transparent"
     argv = report(envoy, "argv").split()
-    assert argv[2:] == ["--log-level", "info", "--base-id", str(os.getpid()), "--file-flush-interval-msec", "1000"]
+    assert argv[2:] == ["--log-level", "info", "--use-dynamic-base-id", "--file-flush-interval-msec", "1000"]
     private = Path(argv[1]).parent
     modes = {name: mode for mode, name in (line.split(" ", 1) for line in report(envoy, "modes").splitlines())}
     assert modes == {str(private): "700", **{str(private / f): "600"
