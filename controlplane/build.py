@@ -102,9 +102,6 @@ class BuildMemo:
     access: Access | None = None
     inputs: tuple[tuple[object, ...], ...] = ()
 
-    def forget(self) -> None:
-        self.access, self.inputs = None, ()
-
     def reuse(self, inputs: tuple[tuple[object, ...], ...], resolve: Callable[[], Access]) -> Access:
         """The held resolution if it was made from ``inputs``, else a new one (then held)."""
         if self.access is None or self.inputs != inputs:

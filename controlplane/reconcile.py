@@ -22,7 +22,7 @@ Rendering and publishing are injected (the composition root wires xDS translatio
 cache), which keeps this module free of Envoy and testable with the real build and status.
 
 A proxy's ACK or NACK changes nothing but statuses (Active): it calls :meth:`Controller.poke_status`,
-coalesced the same way, and the round it causes runs step 3 only. At 2,000 proxies that is thousands of
+coalesced the same way, and the round it causes runs step 4 only. At 2,000 proxies that is thousands of
 ACKs per change; each used to cost a whole round.
 
 A workload that disconnects stays an endpoint for ``grace`` seconds, so a proxy that restarts or
@@ -177,7 +177,7 @@ class Controller(Generic[T]):
                 log.exception("reconcile failed")
 
     async def reconcile(self) -> None:
-        """One round: sync, build, status, render and publish for affected workloads."""
+        """One round: sync, build, render and publish for affected workloads, then statuses (module docstring)."""
         self._config_due = False
         started = self.round_started = time.perf_counter()
         if self.source.sync() or self._rebuild or not self.rounds:
@@ -299,7 +299,7 @@ class Controller(Generic[T]):
         if deployment is None:
             return (workload, None, None), None
         # its own deployment's endpoints do not shape its configuration (its callees' are in the view)
-        return ((workload, replace(deployment, endpoints=()), self._views.get(_SERVICE + deployment.service)),
+        return ((workload, _shape(self.config, deployment), self._views.get(_SERVICE + deployment.service)),
                 self._views.get(_ENDPOINTS + deployment.service))
 
 
@@ -326,10 +326,8 @@ def service_views(config: ir.MeshConfig) -> dict[str, ServiceView]:
     Built with indexes, once per build.
     """
     deployments: dict[str, list[ir.Deployment]] = {}
-    shapes: dict[str, ir.Deployment] = {}  # a deployment without its endpoints, made once
     for deployment in config.deployments:
         deployments.setdefault(deployment.service, []).append(deployment)
-        shapes[deployment.key] = replace(deployment, endpoints=())
     by_identity: dict[str, dict[str, ir.Service]] = {}
     open_to_all: dict[str, dict[str, ir.Service]] = {}
     for service in config.services:
@@ -348,10 +346,16 @@ def service_views(config: ir.MeshConfig) -> dict[str, ServiceView]:
         if group not in shared:
             called = [d for key in group[1] for d in deployments.get(key, ())]
             shared[group] = ((mesh, config.tcp_ports(service.mesh), externals, tuple(callees[k] for k in group[1]),
-                              tuple(shapes[d.key] for d in called)), tuple((d.key, d.endpoints) for d in called))
+                              tuple(_shape(config, d) for d in called)), tuple((d.key, d.endpoints) for d in called))
         inbound = (service, addresses.of(service) if _plaintext(service, deployments.get(service.key, ())) else None)
         views[service.key] = (group, shared[group][0], inbound, shared[group][1])
     return views
+
+
+def _shape(config: ir.MeshConfig, deployment: ir.Deployment) -> ir.Deployment:
+    """A deployment without its endpoints (what shapes its callers' and its own configuration), made once
+    per configuration: the views and every proxy's inputs compare it each round."""
+    return config.memo(("deployment shape", deployment.key), lambda: replace(deployment, endpoints=()))
 
 
 def _plaintext(service: ir.Service, deployments: Iterable[ir.Deployment]) -> bool:
