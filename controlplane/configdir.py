@@ -74,6 +74,14 @@ class ConfigDir:
         """Whether the files differ from what was last read (a cheap stat of the directory)."""
         return self._scan() != self._fingerprint
 
+    def waiting(self) -> bool:
+        """Whether a refused edit or a held deletion may pass once statuses move (then :meth:`sync` retries).
+
+        Update gates and finalizers read statuses, which the files do not carry: a status pass that
+        wrote one must lead to another :meth:`sync`, or a refused edit waits for the next file change.
+        """
+        return bool(self.rejected) or self._deleting()
+
     def set_status(self, statuses: dict[ObjectKey, Status]) -> None:
         """Record computed statuses on the accepted objects (update gates read them)."""
         for key, new in statuses.items():

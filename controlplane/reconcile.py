@@ -216,7 +216,8 @@ class Controller(Generic[T]):
         """Compute and record every object's status, unless nothing it depends on changed since the last
         pass (the world, including the statuses written then; the build's problems; the proxies' states).
         True if a pass ran. A pass that wrote a status asks for another (:meth:`_status_soon`): a written
-        status is an input of the next pass, which normally finds nothing more to change."""
+        status is an input of the next pass, which normally finds nothing more to change. It also asks for a
+        round when the source holds a refused edit or deletion, which the new statuses may now let pass."""
         self._status_due = False
         data_plane = dict(self.data_plane())  # a copy: the source may hand out one mapping and mutate it
         world = self.source.world
@@ -229,6 +230,8 @@ class Controller(Generic[T]):
         self.source.set_status(statuses)
         if world.version != self._status_inputs[0]:
             self._status_soon(now=False)
+            if self.source.waiting():  # a refusal may pass now: without a round it waits for a file change
+                self.poke()
         return True
 
     async def _refresh(self, workload: ir.Workload) -> None:

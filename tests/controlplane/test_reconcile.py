@@ -416,3 +416,37 @@ def test_statuses_wait_for_status_every_after_a_pass(tmp_path: Path) -> None:
         return early, ctl.status_rounds
 
     assert asyncio.run(scenario()) == (0, 1)
+
+
+def test_an_edit_refused_while_a_change_is_applied_passes_once_the_proxies_acknowledge(tmp_path: Path) -> None:
+    """The gate reads statuses, which no file carries: the status pass that frees it retries the edit."""
+    write_canary(tmp_path)
+    said: dict[ObjectKey, DataPlaneState] = {}
+    recorder = Recorder()
+    ctl = Controller(ConfigDir(tmp_path), recorder.render, recorder.publish,
+                     Timing(0.01, 0.05, 0.05, status_every=0.0), data_plane=lambda: said)
+    table = ObjectKey(Kind.VIRTUAL_SERVICE_ROUTE_TABLE, "shop", "reviews-canary")
+
+    def path() -> object:
+        obj = ctl.source.world.get(table)
+        assert obj is not None
+        return obj.spec.route_rules[0].http_route.path
+
+    async def scenario() -> tuple[bool, object, object]:
+        await connect_both(ctl)
+        said[table] = DataPlaneState(ConditionStatus.UNKNOWN, "waiting for proxy reviews-v1-a to acknowledge")
+        ctl.update_status()
+        write_canary(tmp_path, path="/v2")
+        await ctl.reconcile()
+        refused, before = table in ctl.source.rejected, path()
+        task = asyncio.create_task(ctl.run())
+        await asyncio.sleep(0.05)
+        said[table] = DataPlaneState(ConditionStatus.TRUE, "")
+        ctl.poke_status()  # the ACK; no file changes from here on
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return refused, before, path()
+
+    assert asyncio.run(scenario()) == (True, "/", "/v2")
