@@ -74,8 +74,9 @@ async def settle(trigger: asyncio.Event, *, quiet: float, max_delay: float) -> N
         remaining = deadline - loop.time()
         if remaining <= 0:
             return
-        try:
-            await asyncio.wait_for(trigger.wait(), timeout=min(quiet, remaining))
+        try:  # not asyncio.wait_for: in 3.11 it loses a cancel that meets the trigger, and stop() then hangs
+            async with asyncio.timeout(min(quiet, remaining)):
+                await trigger.wait()
         except TimeoutError:
             return
 

@@ -499,8 +499,8 @@ async def _inject(context: AdmissionContext, request: Mapping[str, Any], pod: Ma
         inject.mutate(pod, binding, settings, node_id=node_id, credentials_secret="dry-run")  # refusals still show
         return Verdict(True, warnings=("dry run: the mesh sidecar is not shown, because injecting it issues "
                                        "credentials",))
-    secret = await asyncio.wait_for(asyncio.to_thread(context.issue_credentials, node_id, binding.deployment),
-                                    ISSUE_TIMEOUT)
+    async with asyncio.timeout(ISSUE_TIMEOUT):  # not wait_for: in 3.11 it can lose the request's cancellation
+        secret = await asyncio.to_thread(context.issue_credentials, node_id, binding.deployment)
     patch = inject.mutate(pod, binding, settings, node_id=node_id, credentials_secret=secret)
     return Verdict(True, patch=base64.b64encode(json.dumps(patch).encode()).decode("ascii"))
 

@@ -48,6 +48,27 @@ def test_settle_gives_up_waiting_for_quiet_after_max_delay() -> None:
     assert 0.28 <= elapsed < 0.5
 
 
+
+def test_settle_is_cancelled_even_when_a_trigger_comes_in_the_same_turn() -> None:
+    """asyncio.wait_for in Python 3.11 swallows a cancellation that meets its inner future's completion:
+    the controller's task then never stopped (ControlPlane.stop hung), seen with status-timer wake-ups."""
+    async def scenario() -> bool:
+        trigger = asyncio.Event()
+        trigger.set()
+        task = asyncio.create_task(settle(trigger, quiet=5.0, max_delay=5.0))
+        for _ in range(5):
+            await asyncio.sleep(0)  # into the wait for quiet
+        trigger.set()
+        task.cancel()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), 1.0)
+        except asyncio.CancelledError:
+            return task.cancelled()
+        return False
+
+    assert asyncio.run(scenario()) is True
+
+
 Rendered = tuple[tuple[str, int, tuple[ir.Backend, ...]], ...]
 
 
