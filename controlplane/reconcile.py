@@ -303,7 +303,7 @@ class Controller(Generic[T]):
         if deployment is None:
             return (workload, None, None), None
         # its own deployment's endpoints do not shape its configuration (its callees' are in the view)
-        return ((workload, replace(deployment, endpoints=()), self._views.get(_SERVICE + deployment.service)),
+        return ((workload, _shape(self.config, deployment), self._views.get(_SERVICE + deployment.service)),
                 self._views.get(_ENDPOINTS + deployment.service))
 
 
@@ -330,10 +330,8 @@ def service_views(config: ir.MeshConfig) -> dict[str, ServiceView]:
     Built with indexes, once per build.
     """
     deployments: dict[str, list[ir.Deployment]] = {}
-    shapes: dict[str, ir.Deployment] = {}  # a deployment without its endpoints, made once
     for deployment in config.deployments:
         deployments.setdefault(deployment.service, []).append(deployment)
-        shapes[deployment.key] = replace(deployment, endpoints=())
     by_identity: dict[str, dict[str, ir.Service]] = {}
     open_to_all: dict[str, dict[str, ir.Service]] = {}
     for service in config.services:
@@ -352,10 +350,16 @@ def service_views(config: ir.MeshConfig) -> dict[str, ServiceView]:
         if group not in shared:
             called = [d for key in group[1] for d in deployments.get(key, ())]
             shared[group] = ((mesh, config.tcp_ports(service.mesh), externals, tuple(callees[k] for k in group[1]),
-                              tuple(shapes[d.key] for d in called)), tuple((d.key, d.endpoints) for d in called))
+                              tuple(_shape(config, d) for d in called)), tuple((d.key, d.endpoints) for d in called))
         inbound = (service, addresses.of(service) if _plaintext(service, deployments.get(service.key, ())) else None)
         views[service.key] = (group, shared[group][0], inbound, shared[group][1])
     return views
+
+
+def _shape(config: ir.MeshConfig, deployment: ir.Deployment) -> ir.Deployment:
+    """A deployment without its endpoints (what shapes its callers' and its own configuration), made once
+    per configuration: the views and every proxy's inputs compare it each round."""
+    return config.memo(("deployment shape", deployment.key), lambda: replace(deployment, endpoints=()))
 
 
 def _plaintext(service: ir.Service, deployments: Iterable[ir.Deployment]) -> bool:
