@@ -12,7 +12,7 @@ runs :meth:`Controller.reconcile` once for all of them:
    renderer's output is content-versioned downstream, so identical output is never re-sent;
 4. compute every object's status (pure) and record it — only if the world, the build's problems or
    what the proxies said changed, then only for the objects whose inputs did (:class:`StatusMemo`), and
-   at most once per ``status_every`` seconds.
+   at most once per ``status_every`` seconds, and taking at most :data:`STATUS_SHARE` of the loop.
 
 When a sidecar's inputs differ from last time only in its callees' endpoints (workloads came or went),
 ``render_endpoints`` — if given — swaps the new load assignments into its last snapshot instead of
@@ -64,6 +64,13 @@ class Timing:
     status_every: float = 1.0  # at most one status pass per this long: at 2,000 proxies, ACKs never stop
 
 
+# Status passes take at most this share of the loop: a pass that took d seconds waits d / STATUS_SHARE
+# (or ``status_every``, if longer) before the next. At 2,000 proxies every second brings ACKs that change
+# some deployment's Active, and a pass over 5,000 objects would otherwise take a third of the loop from
+# the proxies still waiting for their configuration. Statuses are read by people; they can lag a little.
+STATUS_SHARE = 0.2
+
+
 async def settle(trigger: asyncio.Event, *, quiet: float, max_delay: float) -> None:
     """Wait for a trigger, then until triggers stop for ``quiet`` s or ``max_delay`` s after the first."""
     await trigger.wait()
@@ -111,6 +118,7 @@ class Controller(Generic[T]):
     _build_memo: BuildMemo = field(default_factory=BuildMemo)
     _status_inputs: tuple[object, ...] = ()  # world version, problems, data-plane states of the last pass
     _status_at: float = float("-inf")  # time.monotonic() of the last status pass
+    _status_gap: float = 0.0  # the next pass waits this long after the last one began
     _status_timer: asyncio.TimerHandle | None = None
     _views: dict[Hashable, object] = field(default_factory=dict)
     _leaving: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
@@ -199,9 +207,9 @@ class Controller(Generic[T]):
         self.last_round_seconds = time.perf_counter() - started
 
     def _status_soon(self, *, now: bool = True) -> bool:
-        """A status pass now (if ``now``) when the last one is ``status_every`` old, else one as soon as it
-        is, from the loop (True if it ran now)."""
-        wait = self._status_at + self.timing.status_every - time.monotonic()
+        """A status pass now (if ``now``) when the last one is old enough (``_status_gap``), else one as soon
+        as it is, from the loop (True if it ran now)."""
+        wait = self._status_at + self._status_gap - time.monotonic()
         if now and wait <= 0:
             return self.update_status()
         self._status_due = True
@@ -220,15 +228,17 @@ class Controller(Generic[T]):
         status is an input of the next pass, which normally finds nothing more to change. It also asks for a
         round when the source holds a refused edit or deletion, which the new statuses may now let pass."""
         self._status_due = False
+        started = time.monotonic()
         data_plane = dict(self.data_plane())  # a copy: the source may hand out one mapping and mutate it
         world = self.source.world
         if self._status_inputs == (world.version, self.problems, data_plane):
             return False
-        self._status_at = time.monotonic()
+        self._status_at = started
         self._status_inputs = (world.version, self.problems, data_plane)
         statuses = compute_status(world, now=_now(), problems=self.problems, data_plane=data_plane,
                                   memo=self._status_memo)
         self.source.set_status(statuses)
+        self._status_gap = max(self.timing.status_every, (time.monotonic() - started) / STATUS_SHARE)
         if world.version != self._status_inputs[0]:
             self._status_soon(now=False)
             if self.source.waiting():  # a refusal may pass now: without a round it waits for a file change

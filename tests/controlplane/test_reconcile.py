@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -471,3 +472,34 @@ def test_an_edit_refused_while_a_change_is_applied_passes_once_the_proxies_ackno
         return refused, before, path()
 
     assert asyncio.run(scenario()) == (True, "/", "/v2")
+
+
+def test_a_slow_status_pass_spaces_out_the_next_ones(tmp_path: Path) -> None:
+    """A pass that took d seconds waits d / STATUS_SHARE before the next, however often proxies ACK."""
+    write_canary(tmp_path)
+    recorder = Recorder()
+    said: dict[ObjectKey, DataPlaneState] = {}
+    table = ObjectKey(Kind.VIRTUAL_SERVICE_ROUTE_TABLE, "shop", "reviews-canary")
+
+    def slow_data_plane() -> dict[ObjectKey, DataPlaneState]:
+        time.sleep(0.05)  # a pass of at least 50 ms: the next may start 250 ms after this one began
+        return said
+
+    ctl = Controller(ConfigDir(tmp_path), recorder.render, recorder.publish,
+                     Timing(0.01, 0.05, 0.05, status_every=0.0), data_plane=slow_data_plane)
+
+    async def scenario() -> int:
+        await connect_both(ctl)
+        task = asyncio.create_task(ctl.run())
+        await asyncio.sleep(0.05)
+        before = ctl.status_rounds
+        for i in range(20):  # an ACK that changes what the proxies said every 20 ms, for 0.4 s
+            said[table] = DataPlaneState(ConditionStatus.UNKNOWN, f"waiting for proxy {i}")
+            ctl.poke_status()
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return ctl.status_rounds - before
+
+    assert 1 <= asyncio.run(scenario()) <= 2, "0.4 s of ACKs: passes at 0 and 0.25 s at most"
