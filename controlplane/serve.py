@@ -93,8 +93,10 @@ class Renderer:
         self.kube_secrets = kube_secrets
         self.outbound_view: Callable[[ir.Workload], object | None] | None = None
         self._config: ir.MeshConfig | None = None
-        self._shared: dict[tuple[str, str], tuple[Resource, ...]] = {}
-        self._kept: dict[tuple[str, str], tuple[object, tuple[Resource, ...]]] = {}  # across builds, by view
+        self._shared: dict[tuple[str, str], Snapshot] = {}  # (mesh, identity) → its outbound part, this build
+        self._kept: dict[tuple[str, str], tuple[object, Snapshot]] = {}  # across builds, by view
+        self._bases: dict[int, tuple[tuple[Built, ...], Snapshot]] = {}  # id(translated part) → it, as a snapshot
+        self._swapped: dict[int, tuple[Snapshot, Snapshot | None]] = {}  # id(old part) → it, new endpoints
         self._serialised: dict[int, tuple[Any, Resource]] = {}  # id(message) → (message, its resource)
 
     def __call__(self, config: ir.MeshConfig, workload: ir.Workload) -> Snapshot:
@@ -108,28 +110,44 @@ class Renderer:
         if (mesh, identity) not in self._shared:
             self._shared[(mesh, identity)] = self._outbound(config, workload, mesh, identity)
         own = [Resource.of(b.message, b.refs) for b in translate_proxy(config, workload, self.resolvers)]
-        return Snapshot((*self._shared[(mesh, identity)], *own, *self._secrets(config, workload, mesh)))
+        return Snapshot.layered(self._shared[(mesh, identity)], (*own, *self._secrets(config, workload, mesh)))
 
     def endpoints(self, config: ir.MeshConfig, previous: Snapshot) -> Snapshot | None:
         """``previous`` with every load assignment replaced by ``config``'s, the rest kept as it is: for a
         sidecar whose callees changed endpoints only. None if one is not an outbound cluster's."""
         self._use(config)
-        swapped = self._swap_endpoints(config, previous)
-        return None if swapped is None else Snapshot(swapped)
+        if previous.base is None:
+            swapped = self._swap_endpoints(config, previous)
+            return None if swapped is None else Snapshot(swapped)
+        base = self._swapped_base(config, previous.base)
+        extra = self._swap_endpoints(config, previous.extra)
+        return None if base is None or extra is None else Snapshot.layered(base, extra)
 
-    def _outbound(self, config: ir.MeshConfig, workload: ir.Workload, mesh: str, identity: str
-                  ) -> tuple[Resource, ...]:
-        """The shared outbound part: kept from an earlier build with new endpoints if its view is unchanged."""
+    def _outbound(self, config: ir.MeshConfig, workload: ir.Workload, mesh: str, identity: str) -> Snapshot:
+        """The shared outbound part: kept from an earlier build with new endpoints if its view is unchanged.
+        Identities that may call the same services share one (translation hands them one list)."""
         view = self.outbound_view(workload) if self.outbound_view is not None else None
         kept = self._kept.get((mesh, identity))
-        resources = None
+        base = None
         if view is not None and kept is not None and kept[0] is view:
-            resources = self._swap_endpoints(config, kept[1])
-        if resources is None:
-            resources = [self._resource(b) for b in translate_outbound(config, mesh, identity, self.resolvers)]
+            base = self._swapped_base(config, kept[1])
+        if base is None:
+            built = translate_outbound(config, mesh, identity, self.resolvers)
+            held = self._bases.get(id(built))
+            if held is None or held[0] is not built:
+                held = self._bases[id(built)] = (built, Snapshot(self._resource(b) for b in built))
+            base = held[1]
         if view is not None:
-            self._kept[(mesh, identity)] = (view, tuple(resources))
-        return tuple(resources)
+            self._kept[(mesh, identity)] = (view, base)
+        return base
+
+    def _swapped_base(self, config: ir.MeshConfig, base: Snapshot) -> Snapshot | None:
+        """``base`` with new load assignments, made once per build however many proxies share it."""
+        held = self._swapped.get(id(base))
+        if held is None or held[0] is not base:
+            swapped = self._swap_endpoints(config, base)
+            held = self._swapped[id(base)] = (base, None if swapped is None else Snapshot(swapped))
+        return held[1]
 
     def _swap_endpoints(self, config: ir.MeshConfig, resources: Iterable[Resource]) -> list[Resource] | None:
         """``resources`` with each load assignment made anew from ``config`` (None if one is not ours)."""
@@ -147,6 +165,7 @@ class Renderer:
         """What was shared belongs to one configuration: a new one starts afresh."""
         if config is not self._config:
             self._config, self._shared, self._serialised = config, {}, {}
+            self._bases, self._swapped = {}, {}
 
     def _resource(self, built: Built) -> Resource:
         """``built`` serialised once per build however many identities share it (translate builds each
@@ -343,7 +362,7 @@ class ControlPlane:
         self._unpublished.pop(workload.node_id, None)
         if changed:
             self._changed_at.setdefault(workload.node_id, self.controller.round_started)
-            self.metrics.config_bytes.observe(sum(len(resource.body) for resource in snapshot))
+            self.metrics.config_bytes.observe(snapshot.byte_size())
 
     def _render_endpoints(self, config: ir.MeshConfig, workload: ir.Workload) -> Snapshot | None:
         """New load assignments in the proxy's published snapshot (None: render it in full, e.g. when its

@@ -53,20 +53,66 @@ def content_version(resources: Iterable[Resource]) -> str:
 
 
 class Snapshot:
-    """An immutable set of resources for one proxy, grouped by type, with per-type content versions."""
+    """An immutable set of resources for one proxy, grouped by type, with per-type content versions.
 
-    __slots__ = ("_by_type", "_versions")
+    A *layered* snapshot (:meth:`layered`) is a base shared by many proxies (their common outbound part)
+    plus each proxy's own resources. It is built, versioned and checked in time proportional to the
+    proxy's own resources, not the base's: at 200 proxies that may call 1,000 services, flat snapshots
+    spent 3 s a round hashing and checking the same 4,000 shared resources 200 times.
+    """
+
+    __slots__ = ("_base", "_by_type", "_dangling", "_extra", "_size", "_versions")
 
     def __init__(self, resources: Iterable[Resource] = ()) -> None:
         """Group ``resources`` by type; the same name twice with different content is a ValueError."""
         by_type: dict[TypeUrl, dict[str, Resource]] = {t: {} for t in PUSH_ORDER}
         for resource in resources:
-            named = by_type[resource.type_url]
-            other = named.setdefault(resource.name, resource)
-            if other != resource:
-                raise ValueError(f"two different {resource.type_url.kind}s named {resource.name!r}")
+            _add(by_type[resource.type_url], resource)
         self._by_type = {t: MappingProxyType(named) for t, named in by_type.items()}
         self._versions = {t: content_version(named.values()) for t, named in by_type.items()}
+        self._base: Snapshot | None = None
+        self._extra: tuple[Resource, ...] = ()
+        self._dangling: dict[tuple[str, str], list[Resource]] | None = None
+        self._size: int | None = None
+
+    @classmethod
+    def layered(cls, base: Snapshot, extra: Iterable[Resource]) -> Snapshot:
+        """``base``'s resources and ``extra``'s (the same name twice with different content: ValueError).
+
+        A type only ``base`` has keeps ``base``'s version, and a type only ``extra`` has gets the flat
+        version; a type both have is versioned by ``base``'s version and ``extra``'s ``(name, digest)``
+        pairs. Identical content split the same way always gives identical versions; the renderer
+        always splits a proxy's resources the same way, so nothing is re-sent for being split.
+        """
+        self = cls.__new__(cls)
+        self._extra = tuple(extra)
+        own: dict[TypeUrl, dict[str, Resource]] = {}
+        for resource in self._extra:
+            _add(own.setdefault(resource.type_url, {}), resource)
+        self._by_type, self._versions = {}, {}
+        for type_url in PUSH_ORDER:
+            shared, added = base._by_type[type_url], own.get(type_url)
+            if not added:
+                self._by_type[type_url], self._versions[type_url] = shared, base._versions[type_url]
+                continue
+            named = dict(shared)
+            for resource in added.values():
+                _add(named, resource)
+            self._by_type[type_url] = MappingProxyType(named)
+            self._versions[type_url] = _layered_version(base._versions[type_url], added.values()) if shared \
+                else content_version(added.values())
+        self._base, self._dangling, self._size = base, None, None
+        return self
+
+    @property
+    def base(self) -> Snapshot | None:
+        """The shared snapshot this one was layered on (:meth:`layered`), if any."""
+        return self._base
+
+    @property
+    def extra(self) -> tuple[Resource, ...]:
+        """What :meth:`layered` added to the base (empty for a flat snapshot)."""
+        return self._extra
 
     def items(self, type_url: str) -> Mapping[str, Resource]:
         """Name → resource for one type (read-only; empty for a type with no resources)."""
@@ -81,6 +127,30 @@ class Snapshot:
         """Every type's content version."""
         return dict(self._versions)
 
+    def byte_size(self) -> int:
+        """The serialised size of every resource, in bytes (a layered snapshot adds to its base's)."""
+        if self._size is None:
+            if self._base is None:
+                self._size = sum(len(resource.body) for resource in self)
+            else:
+                self._size = self._base.byte_size() + sum(len(resource.body) for resource in self._extra)
+        return self._size
+
+    def dangling(self) -> dict[tuple[str, str], list[Resource]]:
+        """Each reference no resource here satisfies, (type, name), with the resources making it. Made once
+        per snapshot; a layered one looks again only at its base's (a few distinct names, however many
+        resources share them) and at its own resources' references."""
+        if self._dangling is None:
+            own: dict[tuple[str, str], list[Resource]] = {}
+            for resource in self if self._base is None else self._extra:
+                for ref in resource.refs:
+                    own.setdefault(ref, []).append(resource)
+            pending = dict(self._base.dangling()) if self._base is not None else {}  # its lists: never modified
+            for ref, made in own.items():
+                pending[ref] = [*pending.get(ref, ()), *made]
+            self._dangling = {ref: made for ref, made in pending.items() if ref[1] not in self.items(ref[0])}
+        return self._dangling
+
     def __iter__(self) -> Iterator[Resource]:
         return itertools.chain.from_iterable(named.values() for named in self._by_type.values())
 
@@ -92,22 +162,30 @@ class Snapshot:
         return f"Snapshot({counts})"
 
 
+def _add(named: dict[str, Resource], resource: Resource) -> None:
+    other = named.setdefault(resource.name, resource)
+    if other is not resource and other != resource:
+        raise ValueError(f"two different {resource.type_url.kind}s named {resource.name!r}")
+
+
+def _layered_version(base_version: str, added: Iterable[Resource]) -> str:
+    h = hashlib.blake2b(digest_size=8)
+    h.update(b"layered\0")
+    h.update(base_version.encode())
+    h.update(content_version(added).encode())
+    return h.hexdigest()
+
+
 def check_consistent(snapshot: Snapshot) -> list[str]:
     """Every dangling reference in ``snapshot``, as sentences, sorted; empty when it is consistent.
 
     Unreferenced extra resources are not problems (a spare ClusterLoadAssignment harms nothing).
     """
-    problems = set()
-    for resource in snapshot:
-        for type_url, name in resource.refs:
-            if name in snapshot.items(type_url):
-                continue
-            target = type_url_of(type_url)
-            if name not in snapshot.items(target):
-                problems.add(
-                    f"{resource.type_url.kind} {resource.name} names {target.kind} {name} "
-                    f"which is not in {target.short}"
-                )
+    problems: set[str] = set()
+    for (type_url, name), made in snapshot.dangling().items():
+        target = type_url_of(type_url)
+        problems.update(f"{resource.type_url.kind} {resource.name} names {target.kind} {name} which is not in "
+                        f"{target.short}" for resource in made)
     return sorted(problems)
 
 

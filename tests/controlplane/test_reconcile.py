@@ -326,21 +326,22 @@ def test_an_ack_recomputes_statuses_without_building_or_rendering(tmp_path: Path
 
     async def scenario() -> tuple[str, str, int, int, int]:
         await connect_both(ctl)
-        before, config, rounds = active(), ctl.config, ctl.rounds
+        before, config = active(), ctl.config
+        task = asyncio.create_task(ctl.run())
+        await asyncio.sleep(0.1)  # the first round of run() itself, and its status pass
+        rounds, status_rounds = ctl.rounds, ctl.status_rounds
         recorder.published.clear()
         said[table] = DataPlaneState(ConditionStatus.UNKNOWN, "waiting for proxy reviews-v1-a to acknowledge")
-        task = asyncio.create_task(ctl.run())
-        await asyncio.sleep(0.1)  # the first round of run() itself
-        rounds = ctl.rounds
         ctl.poke_status()
         await asyncio.sleep(0.2)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert ctl.config is config, "not built again"
-        return before, active(), ctl.rounds - rounds, ctl.status_rounds, len(recorder.published)
+        passes = ctl.status_rounds - status_rounds  # the ACK's, and one more as it wrote statuses
+        return before, active(), ctl.rounds - rounds, passes, len(recorder.published)
 
-    assert asyncio.run(scenario()) == ("True", "Unknown", 0, 1, 0)
+    assert asyncio.run(scenario()) == ("True", "Unknown", 0, 2, 0)
 
 
 def test_a_round_with_nothing_new_does_not_build_again(tmp_path: Path) -> None:
@@ -503,3 +504,39 @@ def test_a_slow_status_pass_spaces_out_the_next_ones(tmp_path: Path) -> None:
         return ctl.status_rounds - before
 
     assert 1 <= asyncio.run(scenario()) <= 2, "0.4 s of ACKs: passes at 0 and 0.25 s at most"
+
+
+def test_the_loop_lets_a_rounds_pushes_go_out_before_its_status_pass(tmp_path: Path) -> None:
+    """A status pass is synchronous: run right after a round, it held the pushes the round published."""
+    write_canary(tmp_path)
+    events: list[str] = []
+    loop_tasks: set[asyncio.Task[None]] = set()
+
+    async def push(node_id: str) -> None:
+        for _ in range(5):  # a stream takes a few turns of the loop to write its response
+            await asyncio.sleep(0)
+        events.append(f"pushed {node_id}")
+
+    def publish(workload: ir.Workload, _rendered: Rendered) -> None:
+        task = asyncio.get_running_loop().create_task(push(workload.node_id))
+        loop_tasks.add(task)
+        task.add_done_callback(loop_tasks.discard)
+
+    def data_plane() -> dict[ObjectKey, DataPlaneState]:
+        events.append("status pass")
+        return {}
+
+    recorder = Recorder()
+    ctl = Controller(ConfigDir(tmp_path), recorder.render, publish, Timing(0.01, 0.05, 0.05, status_every=0.0),
+                     data_plane=data_plane)
+
+    async def scenario() -> list[str]:
+        ctl.connect(V1)
+        task = asyncio.create_task(ctl.run())
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return events[:2]
+
+    assert asyncio.run(scenario()) == ["pushed reviews-v1-a", "status pass"]

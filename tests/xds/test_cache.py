@@ -161,3 +161,53 @@ def test_a_resources_repr_never_shows_its_bytes_so_secret_keys_cannot_reach_a_lo
 
     resource = Resource.of(build_certificate_secret("workload|x", b"CHAIN", b"-----BEGIN PRIVATE KEY-----"))
     assert "PRIVATE" not in repr(resource) and "PRIVATE" not in str(resource)
+
+
+# ------------------------------------------------------------------------------------------ layered
+
+
+def _content(snapshot: Snapshot) -> dict[TypeUrl, dict[str, Resource]]:
+    return {t: dict(snapshot.items(t)) for t in TypeUrl if snapshot.items(t)}
+
+
+def test_a_layered_snapshot_holds_what_a_flat_one_holds() -> None:
+    base = Snapshot([cluster("a"), endpoints("a"), cluster("b"), endpoints("b")])
+    own = [cluster("inbound"), endpoints("inbound"), route("outbound_http", "a", "b")]
+    layered, flat = Snapshot.layered(base, own), Snapshot([*base, *own])
+    assert _content(layered) == _content(flat)
+    assert len(layered) == len(flat) == 7
+    assert layered.byte_size() == flat.byte_size() == sum(len(r.body) for r in flat)
+    assert layered.base is base and layered.extra == tuple(own)
+    assert layered.version(TypeUrl.ROUTE) == flat.version(TypeUrl.ROUTE), "a type only the proxy has: flat"
+    assert layered.version(TypeUrl.CLUSTER) != base.version(TypeUrl.CLUSTER)
+
+
+def test_layered_versions_follow_content_on_either_side() -> None:
+    def proxy(port: int, inbound_timeout: int) -> Snapshot:
+        base = Snapshot([cluster("a"), endpoints("a", port)])
+        return Snapshot.layered(base, [cluster("inbound", inbound_timeout), endpoints("inbound")])
+
+    assert proxy(8080, 1).versions() == proxy(8080, 1).versions()
+    assert proxy(8080, 1).version(TypeUrl.ENDPOINT) != proxy(9090, 1).version(TypeUrl.ENDPOINT)
+    assert proxy(8080, 1).version(TypeUrl.CLUSTER) != proxy(8080, 2).version(TypeUrl.CLUSTER)
+    assert proxy(8080, 1).version(TypeUrl.CLUSTER) == proxy(9090, 1).version(TypeUrl.CLUSTER)
+
+
+def test_a_layered_snapshot_refuses_a_name_the_base_has_with_other_content() -> None:
+    base = Snapshot([cluster("a", timeout_s=1), endpoints("a")])
+    assert len(Snapshot.layered(base, [cluster("a", timeout_s=1)])) == 2, "the same resource twice is one"
+    with pytest.raises(ValueError, match="named 'a'"):
+        Snapshot.layered(base, [cluster("a", timeout_s=2)])
+
+
+def test_a_layered_snapshot_is_checked_across_both_sides() -> None:
+    base = Snapshot([cluster("a"), route("outbound_http", "a", "inbound")])  # names the proxy's cluster
+    assert check_consistent(base) == ["cluster a names cluster load assignment a which is not in EDS",
+                                      "route config outbound_http names cluster inbound which is not in CDS"]
+    whole = Snapshot.layered(base, [cluster("inbound"), endpoints("inbound"), endpoints("a")])
+    assert check_consistent(whole) == []
+    missing = Snapshot.layered(base, [cluster("inbound"), endpoints("a")])
+    assert check_consistent(missing) == ["cluster inbound names cluster load assignment inbound which is not in EDS"]
+    assert check_consistent(missing) == check_consistent(Snapshot([*base, *missing.extra]))
+    base_dangles = Snapshot.layered(base, [cluster("inbound"), endpoints("inbound")])
+    assert check_consistent(base_dangles) == ["cluster a names cluster load assignment a which is not in EDS"]
