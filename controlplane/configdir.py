@@ -103,9 +103,12 @@ class ConfigDir:
     def _apply(self, objects: list[tuple[Source, AnyObject]]) -> None:
         wanted = {obj.key: (source, obj) for source, obj in objects}
         self.rejected = {}
+        by_kind: dict[Kind, list[ObjectKey]] = {}
+        for key in wanted:
+            by_kind.setdefault(key.kind, []).append(key)
         for kind in APPLY_ORDER:
-            for source, obj in (wanted[k] for k in sorted(wanted) if k.kind is kind):
-                self._apply_one(source, obj)
+            for key in sorted(by_kind.get(kind, ())):  # one sort per kind, not a sort of all per kind
+                self._apply_one(*wanted[key])
         for key in [o.key for o in self.world.all() if o.key not in wanted]:
             self._remove(key)
 
