@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -551,10 +552,29 @@ def _split(address: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+# Garbage-collector thresholds for the serving process: (young, middle, old) as gc.set_threshold takes them.
+GC_THRESHOLDS = (10_000, 10, 100)
+
+
+def tune_gc() -> None:
+    """Spare the serving process most full garbage collections (process-wide: only :func:`run` calls it).
+
+    With Python's defaults, bench/fanout.py at 2,000 proxies saw 17 full collections in 73 s, each holding
+    the loop for 0.3 to 1.35 s (7.5 s in all) while the heap grew from 160 MB to 530 MB. What exists once the
+    mesh is first built (configuration, IR, modules) is frozen out of collection, and the older
+    generations are collected 10 times less often; reference counting still frees all garbage without
+    cycles at once. Measured with it: 157 collections in a whole run, 1.85 s in all, the longest 0.13 s.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def run(options: Options) -> None:
     """Serve until SIGINT or SIGTERM, then stop gracefully."""
     plane = ControlPlane(options)
     await plane.start()
+    tune_gc()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

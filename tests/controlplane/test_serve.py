@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +148,15 @@ def test_an_unchanged_outbound_view_keeps_the_shared_part_and_renders_what_a_fre
     view[0] = object()
     renderer(build(source.world, workloads)[0], client)
     assert len(translated) == 3, "a new view version is translated again (the fresh renderer above counted once)"
+
+
+def test_the_serving_process_freezes_its_startup_heap_and_collects_old_generations_rarely() -> None:
+    before = gc.get_threshold()
+    try:
+        serve.tune_gc()
+        assert gc.get_threshold() == serve.GC_THRESHOLDS
+        assert gc.get_threshold()[2] > before[2], "full collections rarer than Python's default"
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
