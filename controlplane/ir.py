@@ -334,6 +334,47 @@ class MeshConfig:
     def mesh_services(self, mesh: str) -> tuple[Service, ...]:
         return self.memo(("mesh_services", mesh), lambda: tuple(s for s in self.services if s.mesh == mesh))
 
+    def callees(self, mesh: str) -> tuple[frozenset[str], dict[str, frozenset[str]]]:
+        """The keys of ``mesh``'s services that any service may call (``allVirtualServices``), and per
+        caller identity the keys of those that name it. Once per configuration: translation and the
+        reconcile views both look callers up here instead of walking every service per caller."""
+        def index() -> tuple[frozenset[str], dict[str, frozenset[str]]]:
+            named: dict[str, set[str]] = {}
+            for service in self.mesh_services(mesh):
+                for identity in service.callers.identities:
+                    named.setdefault(identity, set()).add(service.key)
+            everyone = frozenset(s.key for s in self.mesh_services(mesh) if s.callers.all_services)
+            return everyone, {identity: frozenset(keys) for identity, keys in named.items()}
+        return self.memo(("callees", mesh), index)
+
+    def caller_addresses(self, service: Service) -> tuple[str, ...]:
+        """The addresses of every live workload whose virtual service (or ingress gateway) of the same mesh
+        may call ``service``, sorted: every virtual service workload of the mesh for
+        ``allVirtualServices``, plus the named callers'. Once per configuration and service."""
+        def addresses() -> tuple[str, ...]:
+            by_identity, of_services = self._addresses_by_identity(service.mesh)
+            found = set(of_services) if service.callers.all_services else set()
+            for identity in service.callers.identities:
+                found.update(by_identity.get(identity, ()))
+            return tuple(sorted(found))
+        return self.memo(("caller addresses", service.key), addresses)
+
+    def _addresses_by_identity(self, mesh: str) -> tuple[dict[str, set[str]], frozenset[str]]:
+        """Per identity of ``mesh`` (virtual services and ingress gateways), its live workloads' addresses;
+        and every virtual service workload's address."""
+        def index() -> tuple[dict[str, set[str]], frozenset[str]]:
+            by_identity: dict[str, set[str]] = {}
+            for deployment in self.deployments:
+                caller = self.service(deployment.service)
+                if caller is not None and caller.mesh == mesh:
+                    by_identity.setdefault(caller.identity, set()).update(deployment.endpoints)
+            of_services = frozenset(a for addresses in by_identity.values() for a in addresses)
+            for gateway in self.gateways:
+                if gateway.mesh == mesh:
+                    by_identity.setdefault(gateway.identity, set()).update(gateway.endpoints)
+            return by_identity, of_services
+        return self.memo(("addresses by identity", mesh), index)
+
     def memo(self, key: Hashable, compute: Callable[[], T]) -> T:
         """``compute()``, once per configuration and ``key``: for values derived from it by pure functions.
 

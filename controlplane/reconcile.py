@@ -37,7 +37,7 @@ import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from meshplane.controlplane import ir
 from meshplane.controlplane.build import BuildMemo, build
@@ -349,26 +349,20 @@ def service_views(config: ir.MeshConfig) -> dict[str, ServiceView]:
     deployments: dict[str, list[ir.Deployment]] = {}
     for deployment in config.deployments:
         deployments.setdefault(deployment.service, []).append(deployment)
-    by_identity: dict[str, dict[str, ir.Service]] = {}
-    open_to_all: dict[str, dict[str, ir.Service]] = {}
-    for service in config.services:
-        for identity in service.callers.identities:
-            by_identity.setdefault(identity, {})[service.key] = service
-        if service.callers.all_services:
-            open_to_all.setdefault(service.mesh, {})[service.key] = service
-    addresses = _CallerAddresses(config, deployments)
     shared: dict[object, tuple[tuple[object, ...], object]] = {}
     views: dict[str, ServiceView] = {}
     for service in config.services:
-        callees = open_to_all.get(service.mesh, {}) | by_identity.get(service.identity, {})
+        everyone, named = config.callees(service.mesh)  # what translation scopes the service's proxies by
         mesh = config.mesh(service.mesh)
         externals = tuple(e for e in mesh.egress if e.callers.admits(service.identity)) if mesh else ()
-        group = (service.mesh, tuple(sorted(callees)), externals)
+        group = (service.mesh, tuple(sorted(everyone | named.get(service.identity, frozenset()))), externals)
         if group not in shared:
             called = [d for key in group[1] for d in deployments.get(key, ())]
-            shared[group] = ((mesh, config.tcp_ports(service.mesh), externals, tuple(callees[k] for k in group[1]),
-                              tuple(_shape(config, d) for d in called)), tuple((d.key, d.endpoints) for d in called))
-        inbound = (service, addresses.of(service) if _plaintext(service, deployments.get(service.key, ())) else None)
+            shared[group] = ((mesh, config.tcp_ports(service.mesh), externals,
+                              tuple(config.service(k) for k in group[1]), tuple(_shape(config, d) for d in called)),
+                             tuple((d.key, d.endpoints) for d in called))
+        plaintext = _plaintext(service, deployments.get(service.key, ()))
+        inbound = (service, config.caller_addresses(service) if plaintext else None)
         views[service.key] = (group, shared[group][0], inbound, shared[group][1])
     return views
 
@@ -385,37 +379,6 @@ def _plaintext(service: ir.Service, deployments: Iterable[ir.Deployment]) -> boo
     so a STRICT service's proxies are not re-rendered each time a caller's workload comes or goes."""
     protocols = {p.protocol for p in service.ports} | {p.protocol for d in deployments for p in d.ports}
     return service.mtls is not ir.Mtls.STRICT or ir.Protocol.TLS_PASSTHROUGH in protocols
-
-
-class _CallerAddresses:
-    """The addresses a service's callers connect from: every workload of the mesh when any service may
-    call (``allVirtualServices``; gathered once per mesh), else the named services' and gateways'."""
-
-    def __init__(self, config: ir.MeshConfig, deployments: dict[str, list[ir.Deployment]]) -> None:
-        self.config = config
-        self.deployments = deployments
-        self.identities: dict[str, Any] = {s.identity: s for s in config.services} | {
-            g.identity: g for g in config.gateways}
-        self.meshes: dict[str, frozenset[str]] = {}
-
-    def of(self, service: ir.Service) -> frozenset[str]:
-        named: set[str] = set()
-        for identity in service.callers.identities:
-            caller = self.identities.get(identity)
-            if caller is not None and caller.mesh == service.mesh:
-                named.update(self._endpoints(caller))
-        if not service.callers.all_services:
-            return frozenset(named)
-        if service.mesh not in self.meshes:
-            self.meshes[service.mesh] = frozenset(
-                a for s in self.config.mesh_services(service.mesh) for a in self._endpoints(s))
-        everyone = self.meshes[service.mesh]
-        return everyone if named <= everyone else everyone | named
-
-    def _endpoints(self, caller: Any) -> Iterable[str]:
-        if isinstance(caller, ir.Gateway):
-            return caller.endpoints
-        return (a for d in self.deployments.get(caller.key, ()) for a in d.endpoints)
 
 
 class _View:

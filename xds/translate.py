@@ -269,10 +269,10 @@ def translate_outbound(config: ir.MeshConfig, mesh: str, identity: str, resolver
     that a served virtual host or L4 port uses are built, so a deployment nobody routes to costs
     proxies nothing. ``identity`` also decides which certificate mutual TLS clusters present.
     """
-    everyone, named = _callees(config, mesh)
+    everyone, named = config.callees(mesh)
     found = config.mesh(mesh)
     externals = tuple(e for e in found.egress if e.callers.admits(identity)) if found is not None else ()
-    key = ("outbound", mesh, frozenset(everyone | named.get(identity, set())), externals, tuple(resolvers))
+    key = ("outbound", mesh, everyone | named.get(identity, frozenset()), externals, tuple(resolvers))
     return config.memo(key, lambda: _outbound(config, mesh, identity, resolvers))
 
 
@@ -296,29 +296,14 @@ def _plans(config: ir.MeshConfig, mesh: str, identity: str) -> tuple[list[_Virtu
     service through it.
     """
     def scoped() -> tuple[list[_VirtualHost], L4Plan]:
-        everyone, named = _callees(config, mesh)
-        allowed = everyone | named.get(identity, set())
+        everyone, named = config.callees(mesh)
+        allowed = everyone | named.get(identity, frozenset())
         virtual_hosts, l4 = _mesh_plans(config, mesh)
         kept = {number: (protocol, [c for c in chains if c.service in allowed])
                 for number, (protocol, chains) in l4.items()}
         return ([v for v in virtual_hosts if v.service in allowed],
                 {number: plan for number, plan in kept.items() if plan[1]})
     return config.memo(("plans", mesh, identity), scoped)
-
-
-def _callees(config: ir.MeshConfig, mesh: str) -> tuple[set[str], dict[str, set[str]]]:
-    """The services of ``mesh`` any service may call, and per identity those that name it (``Callers.admits``
-    for a service identity), indexed once per configuration instead of a walk per caller."""
-    def index() -> tuple[set[str], dict[str, set[str]]]:
-        everyone: set[str] = set()
-        named: dict[str, set[str]] = {}
-        for service in config.mesh_services(mesh):
-            if service.callers.all_services:
-                everyone.add(service.key)
-            for identity in service.callers.identities:
-                named.setdefault(identity, set()).add(service.key)
-        return everyone, named
-    return config.memo(("callees", mesh), index)
 
 
 def _mesh_plans(config: ir.MeshConfig, mesh: str) -> tuple[list[_VirtualHost], L4Plan]:
@@ -735,37 +720,7 @@ def _address_principals(config: ir.MeshConfig, service: ir.Service) -> list[Any]
     plaintext chain) the caller is the address its sidecar connects from: the live workloads of the
     services the policies admit. A caller that is no mesh workload has no such address: it reaches nothing.
     """
-    return [messages.build_address_principal(a) for a in _caller_addresses(config, service)]
-
-
-def _caller_addresses(config: ir.MeshConfig, service: ir.Service) -> tuple[str, ...]:
-    """The addresses of every live workload whose service (or ingress gateway) may call ``service`` (sorted,
-    once per build)."""
-    def addresses() -> tuple[str, ...]:
-        by_identity, of_services = _mesh_addresses(config, service.mesh)
-        found = set(of_services) if service.callers.all_services else set()
-        for identity in service.callers.identities:
-            found.update(by_identity.get(identity, ()))
-        return tuple(sorted(found))
-    return config.memo(("caller addresses", service.key), addresses)
-
-
-def _mesh_addresses(config: ir.MeshConfig, mesh: str) -> tuple[dict[str, set[str]], frozenset[str]]:
-    """Per identity of ``mesh`` (virtual services and ingress gateways), its live workloads' addresses; and
-    every virtual service workload's address. Once per build and mesh: each service's callers are then a
-    lookup, not a walk over every deployment."""
-    def index() -> tuple[dict[str, set[str]], frozenset[str]]:
-        by_identity: dict[str, set[str]] = {}
-        for deployment in config.deployments:
-            caller = config.service(deployment.service)
-            if caller is not None and caller.mesh == mesh:
-                by_identity.setdefault(caller.identity, set()).update(deployment.endpoints)
-        of_services = frozenset(a for addresses in by_identity.values() for a in addresses)
-        for gateway in config.gateways:
-            if gateway.mesh == mesh:
-                by_identity.setdefault(gateway.identity, set()).update(gateway.endpoints)
-        return by_identity, of_services
-    return config.memo(("addresses by identity", mesh), index)
+    return [messages.build_address_principal(a) for a in config.caller_addresses(service)]
 
 
 def inbound_filters(port: ir.Port, cluster: str, principals: Sequence[Any] = (),
