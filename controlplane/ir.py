@@ -353,10 +353,12 @@ class MeshConfig:
         ``allVirtualServices``, plus the named callers'. Once per configuration and service."""
         def addresses() -> tuple[str, ...]:
             by_identity, of_services = self._addresses_by_identity(service.mesh)
-            found = set(of_services) if service.callers.all_services else set()
-            for identity in service.callers.identities:
-                found.update(by_identity.get(identity, ()))
-            return tuple(sorted(found))
+            named = {a for identity in service.callers.identities for a in by_identity.get(identity, ())}
+            if not service.callers.all_services:
+                return tuple(sorted(named))
+            everyone = self.memo(("service addresses", service.mesh), lambda: tuple(sorted(of_services)))
+            # the same tuple for every service open to all: compared by identity in the reconcile views
+            return everyone if named <= of_services else tuple(sorted(named | of_services))
         return self.memo(("caller addresses", service.key), addresses)
 
     def _addresses_by_identity(self, mesh: str) -> tuple[dict[str, set[str]], frozenset[str]]:
