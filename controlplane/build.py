@@ -14,7 +14,8 @@ Choices (each written in docs/traffic.md for users):
   its deployments, DENY answers 403. When tables exist but no rule matches, the request gets 404.
 * **A split never sends traffic nowhere.** A destination that does not resolve (not created yet) or
   that has no live endpoint while another destination of the rule has one drops out of the split,
-  and the remaining weights keep their proportions. A rule left with nothing (all weights 0, or no
+  and the remaining weights keep their proportions (a live-less one is kept on standby, ``ir.Route.standby``,
+  so its callers keep its cluster). A rule left with nothing (all weights 0, or no
   destination at all) answers 503 and is reported on its route table.
 * **Timeouts.** A deployment port's timeout is its listener's ``requestTimeoutInMs``, else 15 s for
   HTTP/HTTP2 and none for GRPC. A rule's timeout is its own ``requestTimeoutInMs``, else the largest
@@ -254,10 +255,10 @@ def _default_route(vs: AnyObject, number: int, serving: list[ir.Deployment]) -> 
     if policy is not None and policy.type is RoutingPolicyType.DENY:
         return ir.Route(origin + " DENY", status=403)
     deployments = {d.key: d for d in serving}
-    backends = _alive([ir.Backend(d.key, number, 1) for d in serving], deployments)
+    backends, standby = _alive([ir.Backend(d.key, number, 1) for d in serving], deployments)
     return ir.Route(origin + " UNIFORM", timeout_ms=_timeout(None, backends, deployments),
                     idle_timeout_ms=_idle_timeout(backends, deployments), backends=backends,
-                    status=None if backends else 503)
+                    status=None if backends else 503, standby=standby)
 
 
 # ------------------------------------------------------------------------------------------- rules
@@ -273,7 +274,7 @@ def _rule_route(ctx: _Build, table: AnyObject, index: int, rule: VirtualServiceR
     if any(d.port is not None and d.port != number for d in destinations):
         return None
     origin = f"VirtualServiceRouteTable {key_of(table)} rule {index}"
-    backends = _backends(ctx, table, index, destinations, number)
+    backends, standby = _backends(ctx, table, index, destinations, number)
     http = rule.http_route
     prefix = (http.path or "/") if http else "/"
     timeout = _timeout(http.request_timeout_in_ms if http else None, backends, ctx.deployments)
@@ -281,7 +282,7 @@ def _rule_route(ctx: _Build, table: AnyObject, index: int, rule: VirtualServiceR
         timeout = 0
     return ir.Route(origin, prefix, bool(http and http.is_grpc), timeout,
                     idle_timeout_ms=_idle_timeout(backends, ctx.deployments), backends=backends,
-                    status=None if backends else 503)
+                    status=None if backends else 503, standby=standby)
 
 
 def _rule_fits(rule: VirtualServiceRouteRule, protocol: ir.Protocol) -> bool:
@@ -293,7 +294,7 @@ def _rule_fits(rule: VirtualServiceRouteRule, protocol: ir.Protocol) -> bool:
 
 
 def _backends(ctx: _Build, table: AnyObject, index: int, destinations: tuple[VirtualDeploymentTarget, ...],
-              number: int) -> tuple[ir.Backend, ...]:
+              number: int) -> tuple[tuple[ir.Backend, ...], tuple[ir.Backend, ...]]:
     found: list[ir.Backend] = []
     for j, destination in enumerate(destinations):
         path = f"spec.routeRules[{index}].destinations[{j}]"
@@ -312,10 +313,14 @@ def _backends(ctx: _Build, table: AnyObject, index: int, destinations: tuple[Vir
     return _alive(found, ctx.deployments)
 
 
-def _alive(backends: list[ir.Backend], deployments: Mapping[str, ir.Deployment]) -> tuple[ir.Backend, ...]:
-    """Drop backends without endpoints while another backend has some; keep all if none has any."""
-    live = [b for b in backends if deployments[b.deployment].endpoints]
-    return tuple(live or backends)
+def _alive(backends: list[ir.Backend], deployments: Mapping[str, ir.Deployment]
+           ) -> tuple[tuple[ir.Backend, ...], tuple[ir.Backend, ...]]:
+    """The backends to use and those on standby (``ir.Route.standby``): backends without endpoints drop
+    out while another backend has some; all are used if none has any."""
+    live = tuple(b for b in backends if deployments[b.deployment].endpoints)
+    if not live:
+        return tuple(backends), ()
+    return live, tuple(b for b in backends if not deployments[b.deployment].endpoints)
 
 
 def _timeout(rule_timeout: int | None, backends: Iterable[ir.Backend],

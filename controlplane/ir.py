@@ -165,6 +165,11 @@ class Route:
 
     ``timeout_ms`` and ``idle_timeout_ms`` are what the calling sidecar enforces (0 = disabled);
     ``idle_timeout_ms`` None leaves the caller's default stream idle timeout in force.
+
+    ``standby`` holds the backends with a positive weight left out of ``backends`` only because they have no
+    endpoint while another backend has one. Callers keep their clusters (with empty load assignments), so a
+    deployment's first endpoint changes its callers' routes only, not their cluster set: at 2,000 proxies
+    starting together that was thousands of CDS pushes and cluster warm-ups in Envoy.
     """
 
     origin: str
@@ -174,6 +179,7 @@ class Route:
     idle_timeout_ms: int | None = None
     backends: tuple[Backend, ...] = ()
     status: int | None = None
+    standby: tuple[Backend, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -200,7 +200,7 @@ def _service_routes(config: ir.MeshConfig, gateway: ir.Gateway, rule: ir.Gateway
                                              else route.timeout_ms, idle_timeout_ms=route.idle_timeout_ms)
         messages.build_rewrites(action, prefix=rewrite, host=rule.rewrite_host)
         built.append(messages.build_forward_route(f"{rule.origin} → {route.origin}", match, action))
-        plan.use(route.backends, port.protocol, service.key)
+        plan.use(route.backends + route.standby, port.protocol, service.key)
         refs |= _cluster_refs(weights)
     built.append(messages.build_direct_response_route(f"{rule.origin} (no route of {service.key} matches)",
                                                       messages.build_route_match(rule.prefix, grpc=rule.grpc), 404,
@@ -277,5 +277,5 @@ def _l4_weights(config: ir.MeshConfig, gateway: ir.Gateway, rule: ir.GatewayRout
     route = _first_route(port)
     if route is None:
         return []
-    plan.use(route.backends, port.protocol, service.key)
+    plan.use(route.backends + route.standby, port.protocol, service.key)
     return _weights(route.backends)

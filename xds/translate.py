@@ -331,12 +331,13 @@ class _Destination:
 
 
 def _destinations(config: ir.MeshConfig, virtual_hosts: Iterable[_VirtualHost], l4: L4Plan) -> list[_Destination]:
-    """Every cluster a served virtual host or L4 chain uses with a positive weight, first use first."""
+    """Every cluster a served virtual host or L4 chain uses with a positive weight, first use first, and the
+    clusters of its backends on standby (``ir.Route.standby``: no endpoint yet)."""
     routes = [(route, vhost.port.protocol, vhost.service) for vhost in virtual_hosts for route in vhost.port.routes]
     routes += [(chain.route, protocol, chain.service) for protocol, chains in l4.values() for chain in chains]
     found: dict[str, _Destination] = {}
     for route, protocol, service in routes:
-        for backend in route.backends:
+        for backend in route.backends + route.standby:
             name = names.outbound_cluster(backend.deployment, backend.port)
             if backend.weight > 0 and name not in found:
                 found[name] = _destination(config, name, backend, protocol, service)

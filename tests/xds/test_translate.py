@@ -302,6 +302,22 @@ def test_a_cluster_without_endpoints_gets_an_empty_assignment() -> None:
     assert not assignment.endpoints
 
 
+def test_a_backend_on_standby_keeps_its_cluster_but_gets_no_traffic() -> None:
+    """A deployment without endpoints drops out of the split while the other has some (build's choice), but
+    its cluster stays: its first endpoint then changes the callers' routes, not their clusters."""
+    catalog = http_service("shop/catalog", ir.Route("test rule", backends=(ir.Backend("shop/catalog-v1", 8080, 90),),
+                                                    standby=(ir.Backend("shop/catalog-v2", 8080, 10),)))
+    config = canary()
+    config = ir.MeshConfig(config.meshes, (catalog, config.services[1]),
+                           (config.deployments[0], deployment("shop/catalog-v2", catalog.key), config.deployments[2]))
+    resources = translate(config, FRONTEND)
+    [action] = route_actions(resources)
+    assert action.cluster == names.outbound_cluster("shop/catalog-v1", 8080)
+    assert set(by_name(resources, names.CLUSTER_TYPE)) == {names.outbound_cluster("shop/catalog-v1", 8080),
+                                                           names.outbound_cluster("shop/catalog-v2", 8080)}
+    check_invariants(resources, required_secrets(config, FRONTEND))
+
+
 @pytest.mark.parametrize("idle_ms", [60_000, 0, None])
 def test_an_outbound_route_has_the_routes_idle_timeout_only_when_it_has_one(idle_ms: int | None) -> None:
     """0 must reach Envoy as 0 s (disabled), and None as no field (the stream idle timeout applies)."""
