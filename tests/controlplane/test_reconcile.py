@@ -475,6 +475,37 @@ def test_an_edit_refused_while_a_change_is_applied_passes_once_the_proxies_ackno
     assert asyncio.run(scenario()) == (True, "/", "/v2")
 
 
+def test_an_edit_is_not_refused_on_statuses_that_lag_behind_the_acks(tmp_path: Path) -> None:
+    """The proxies have ACKed but the paced status pass has not run yet: the round that reads the edit brings
+    the statuses up to date and lets it pass, instead of refusing it until the next pass (here 10 s away)."""
+    write_canary(tmp_path)
+    said: dict[ObjectKey, DataPlaneState] = {}
+    recorder = Recorder()
+    ctl = Controller(ConfigDir(tmp_path), recorder.render, recorder.publish,
+                     Timing(0.01, 0.05, 0.05, status_every=10.0), data_plane=lambda: said)
+    table = ObjectKey(Kind.VIRTUAL_SERVICE_ROUTE_TABLE, "shop", "reviews-canary")
+
+    async def scenario() -> tuple[object, int]:
+        await connect_both(ctl)
+        said[table] = DataPlaneState(ConditionStatus.UNKNOWN, "waiting for proxy reviews-v1-a to acknowledge")
+        ctl.update_status()
+        task = asyncio.create_task(ctl.run())
+        said[table] = DataPlaneState(ConditionStatus.TRUE, "")
+        ctl.poke_status()  # the ACK: its status pass waits for status_every
+        await asyncio.sleep(0.1)
+        write_canary(tmp_path, path="/v2")
+        ctl.poke()  # what serve's poll does when a file changed
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        obj = ctl.source.world.get(table)
+        assert obj is not None
+        return obj.spec.route_rules[0].http_route.path, len(ctl.source.rejected)
+
+    assert asyncio.run(scenario()) == ("/v2", 0)
+
+
 def test_a_slow_status_pass_spaces_out_the_next_ones(tmp_path: Path) -> None:
     """A pass that took d seconds waits d / STATUS_SHARE before the next, however often proxies ACK."""
     write_canary(tmp_path)
