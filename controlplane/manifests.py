@@ -79,6 +79,7 @@ class ParseCache:
 
     files: dict[str, tuple[str, list[Any]]] = field(default_factory=dict)
     objects: dict[int, tuple[Mapping[str, Any], tuple[AnyObject | None, list[Problem]]]] = field(default_factory=dict)
+    sorted: dict[str, tuple[list[Any], Loaded]] = field(default_factory=dict)  # path → its documents, sorted
 
     def parse(self, raw: Mapping[str, Any]) -> tuple[AnyObject | None, list[Problem]]:
         held = self.objects.get(id(raw))
@@ -89,26 +90,60 @@ class ParseCache:
     def keep_only(self, paths: set[str]) -> None:
         """Forget files that are gone, and objects of documents no kept file holds."""
         self.files = {path: entry for path, entry in self.files.items() if path in paths}
+        self.sorted = {path: entry for path, entry in self.sorted.items() if path in paths}
         live = {id(item) for _, docs in self.files.values() for doc in docs for item in _unpack(doc)}
         self.objects = {key: held for key, held in self.objects.items() if key in live}
 
 
 def load(paths: Iterable[str | Path], cache: ParseCache | None = None) -> Loaded:
     """Read and sort every document under ``paths``; never raises for bad input. ``cache`` (kept by the
-    caller between loads) skips parsing what did not change."""
+    caller between loads) skips parsing and sorting the files that did not change.
+
+    An object defined twice is used where it is first defined (files in name order, documents in order);
+    each later definition is a finding.
+    """
     loaded = Loaded()
     seen: dict[ObjectKey, Source] = {}
     cache = cache if cache is not None else ParseCache()
     read: set[str] = set()
-    for source, raw in _documents(paths, loaded, cache, read):
-        for item in _unpack(raw):
-            _sort(source, item, loaded, seen, cache)
+    for path, docs in _documents(paths, loaded, cache, read):
+        held = cache.sorted.get(path)
+        if held is None or held[0] is not docs:
+            held = cache.sorted[path] = (docs, _sort_file(path, docs, cache))
+        _merge(loaded, held[1], seen)
     cache.keep_only(read)
     return loaded
 
 
+def _sort_file(path: str, docs: list[Any], cache: ParseCache) -> Loaded:
+    """One file's documents sorted, each object kept even if defined twice (:func:`_merge` decides)."""
+    loaded = Loaded()
+    for index, doc in enumerate(docs):
+        if doc is not None:
+            for item in _unpack(doc):
+                _sort(Source(path, index), item, loaded, cache)
+    return loaded
+
+
+def _merge(loaded: Loaded, file: Loaded, seen: dict[ObjectKey, Source]) -> None:
+    """Add one file's sorted documents; an object already defined is a finding, and the first one stays."""
+    loaded.findings += file.findings
+    loaded.services += file.services
+    loaded.secrets += file.secrets
+    loaded.others += file.others
+    for source, obj in file.objects:
+        if obj.key in seen:
+            message = f"defined twice: also in {seen[obj.key]}; the first definition is used"
+            loaded.findings.append(Finding(source, obj.kind.value, obj.namespace, obj.name,
+                                           error("metadata.name", message)))
+            continue
+        seen[obj.key] = source
+        loaded.objects.append((source, obj))
+
+
 def _documents(paths: Iterable[str | Path], loaded: Loaded, cache: ParseCache,
-               read: set[str]) -> Iterator[tuple[Source, Any]]:
+               read: set[str]) -> Iterator[tuple[str, list[Any]]]:
+    """Each readable file's documents (the very list of the last load while its text is unchanged)."""
     for path in _files(paths, loaded):
         try:
             text = path.read_text(encoding="utf-8")
@@ -119,9 +154,7 @@ def _documents(paths: Iterable[str | Path], loaded: Loaded, cache: ParseCache,
             continue
         cache.files[str(path)] = (text, docs)
         read.add(str(path))
-        for index, doc in enumerate(docs):
-            if doc is not None:
-                yield Source(str(path), index), doc
+        yield str(path), docs
 
 
 def _files(paths: Iterable[str | Path], loaded: Loaded) -> Iterator[Path]:
@@ -153,13 +186,13 @@ def _unpack(raw: Any) -> list[Any]:
     return [raw]
 
 
-def _sort(source: Source, raw: Any, loaded: Loaded, seen: dict[ObjectKey, Source], cache: ParseCache) -> None:
+def _sort(source: Source, raw: Any, loaded: Loaded, cache: ParseCache) -> None:
     if not isinstance(raw, Mapping):
         loaded.findings.append(Finding(source, "Document", "-", str(source), error("", "a manifest must be an object")))
         return
     api_version = str(raw.get("apiVersion", ""))
     if api_version.split("/", maxsplit=1)[0] == API_GROUP:
-        _sort_mesh_object(source, raw, loaded, seen, cache)
+        _sort_mesh_object(source, raw, loaded, cache)
     elif api_version == "v1" and raw.get("kind") == "Service":
         _sort_service(source, raw, loaded)
     elif api_version == "v1" and raw.get("kind") == "Secret":
@@ -168,19 +201,13 @@ def _sort(source: Source, raw: Any, loaded: Loaded, seen: dict[ObjectKey, Source
         loaded.others.append((source, raw))
 
 
-def _sort_mesh_object(source: Source, raw: Mapping[str, Any], loaded: Loaded, seen: dict[ObjectKey, Source],
-                      cache: ParseCache) -> None:
+def _sort_mesh_object(source: Source, raw: Mapping[str, Any], loaded: Loaded, cache: ParseCache) -> None:
     obj, problems = cache.parse(raw)
-    kind, namespace, name = identity(raw)
-    loaded.findings += [Finding(source, kind, namespace, name, p) for p in problems]
-    if obj is None:
-        return
-    if obj.key in seen:
-        message = f"defined twice: also in {seen[obj.key]}; the first definition is used"
-        loaded.findings.append(Finding(source, kind, namespace, name, error("metadata.name", message)))
-        return
-    seen[obj.key] = source
-    loaded.objects.append((source, obj))
+    if problems:
+        kind, namespace, name = identity(raw)
+        loaded.findings += [Finding(source, kind, namespace, name, p) for p in problems]
+    if obj is not None:
+        loaded.objects.append((source, obj))
 
 
 def _sort_service(source: Source, raw: Mapping[str, Any], loaded: Loaded) -> None:

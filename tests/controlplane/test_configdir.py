@@ -132,3 +132,22 @@ def test_reloading_parses_only_the_files_that_changed(tmp_path: Path) -> None:
     changed = next(o for _, o in second.objects if o.key.name == "reviews-canary")
     assert changed.spec.route_rules[0].http_route.path == "/other"
     assert len(first.objects) == len(second.objects) + 1
+
+
+def test_an_unchanged_file_is_not_sorted_again_but_still_loses_to_an_earlier_definition(tmp_path: Path) -> None:
+    """Sorting is cached per file; which definition of an object wins is still decided across all files."""
+    from meshplane.controlplane import manifests
+
+    write_canary(tmp_path)
+    cache = manifests.ParseCache()
+    manifests.load([tmp_path], cache)
+    mesh_file = str(tmp_path / "Mesh-shop-mesh.yaml")
+    sorted_before = cache.sorted[mesh_file][1]
+    [doc] = [d for d in data.manifests("canary") if d["kind"] == "Mesh"]
+    write(tmp_path / "A-first.yaml", doc)  # sorts before Mesh-shop-mesh.yaml: this definition wins now
+    loaded = manifests.load([tmp_path], cache)
+    assert cache.sorted[mesh_file][1] is sorted_before
+    [mesh_source] = [s for s, o in loaded.objects if o.key == MESH]
+    assert mesh_source.path.endswith("A-first.yaml")
+    assert [f.source.path for f in loaded.findings if "defined twice" in f.problem.message] == [mesh_file]
+
