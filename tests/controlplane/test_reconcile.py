@@ -415,6 +415,31 @@ def test_a_build_reusing_the_access_policies_gives_what_a_fresh_build_gives(tmp_
     assert memo.access is not access
 
 
+def test_a_build_with_a_memo_keeps_the_services_a_change_does_not_touch(tmp_path: Path) -> None:
+    """A route-table edit rebuilds its service only (the others are the very objects of the last build); a
+    callee's first workload rebuilds the service whose routes it changes; problems are reported every time."""
+    _client_mesh(tmp_path)
+    source = ConfigDir(tmp_path)
+    source.sync()
+    memo = BuildMemo()
+    first, _ = build(source.world, [V1], memo)
+    table = next(d for d in data.manifests("canary") if d["kind"] == "VirtualServiceRouteTable")
+    for destination in table["spec"]["routeRules"][0]["httpRoute"]["destinations"]:
+        destination["weight"] = 0
+    write(tmp_path / "VirtualServiceRouteTable-reviews-canary.yaml", table)
+    assert source.sync()
+    second, problems = build(source.world, [V1], memo)
+    assert (second, problems) == build(source.world, [V1])
+    table_key = ObjectKey(Kind.VIRTUAL_SERVICE_ROUTE_TABLE, "shop", "reviews-canary")
+    assert problems.get(table_key), "every destination of the rule has weight 0: reported"
+    changed = {s.key for s in second.services if all(s is not old for old in first.services)}
+    assert changed == {"shop/reviews"}
+    third, again = build(source.world, [V1, V2], memo)
+    assert (third, again) == build(source.world, [V1, V2])
+    assert again.get(table_key) == problems[table_key]
+    assert {s.key for s in third.services if all(s is not old for old in second.services)} == {"shop/reviews"}
+
+
 def test_statuses_wait_for_status_every_after_a_pass(tmp_path: Path) -> None:
     """ACKs keep coming at 2,000 proxies: a status pass runs at most once per ``status_every``."""
     write_canary(tmp_path)
