@@ -103,6 +103,16 @@ class BuildMemo:
     access: Access | None = None
     inputs: tuple[tuple[object, ...], ...] = ()
     services: dict[str, tuple[object, ir.Service, Problems]] = field(default_factory=dict)  # key → inputs, result
+    deployments: dict[str, ir.Deployment] = field(default_factory=dict)  # key → the last build's
+
+    def keep_deployments(self, found: dict[str, ir.Deployment]) -> None:
+        """Put back the last build's object for each deployment equal to it, so what compares deployments
+        (the service memo, the reconcile views) finds them unchanged by identity."""
+        for key, deployment in found.items():
+            old = self.deployments.get(key)
+            if old is not None and old is not deployment and old == deployment:
+                found[key] = old
+        self.deployments = dict(found)
 
     def reuse(self, inputs: tuple[tuple[object, ...], ...], resolve: Callable[[], Access]) -> Access:
         """The held resolution if it was made from ``inputs``, else a new one (then held)."""
@@ -131,6 +141,8 @@ def build(world: World, workloads: Iterable[ir.Workload] = (), memo: BuildMemo |
             ctx.services[key_of(vs)] = vs
     for vd in world.objects(Kind.VIRTUAL_DEPLOYMENT):
         _add_deployment(ctx, vd)
+    if memo is not None:
+        memo.keep_deployments(ctx.deployments)
     access = _access(ctx) if memo is None else memo.reuse(_access_inputs(world), lambda: _access(ctx))
     for obj_key, found in access.problems.items():
         ctx.problems.setdefault(obj_key, []).extend(found)

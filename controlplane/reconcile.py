@@ -37,6 +37,7 @@ import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Generic, TypeVar
 
 from meshplane.controlplane import ir
@@ -121,6 +122,7 @@ class Controller(Generic[T]):
     _status_gap: float = 0.0  # the next pass waits this long after the last one began
     _status_timer: asyncio.TimerHandle | None = None
     _views: dict[Hashable, object] = field(default_factory=dict)
+    _shapes: dict[str, tuple[ir.Deployment, ir.Deployment]] = field(default_factory=dict)  # key → it, its shape
     _leaving: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
     _trigger: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -200,6 +202,7 @@ class Controller(Generic[T]):
             self.config, self.problems = build(self.source.world, self.workloads.values(), self._build_memo)
             self.build_seconds = time.perf_counter() - started
             await asyncio.sleep(0)  # between phases too: a long round must not hold streams and ACKs
+            self._shapes = _keep_shapes(self.config, self._shapes)
             self._views = self._mesh_views()
         else:
             self.build_seconds = 0.0
@@ -380,6 +383,27 @@ def service_views(config: ir.MeshConfig) -> dict[str, ServiceView]:
         inbound = (service, config.caller_addresses(service) if plaintext else None)
         views[service.key] = (group, shared[group][0], inbound, shared[group][1])
     return views
+
+
+def _keep_shapes(config: ir.MeshConfig, previous: Mapping[str, tuple[ir.Deployment, ir.Deployment]]
+                 ) -> dict[str, tuple[ir.Deployment, ir.Deployment]]:
+    """Each deployment's shape (:func:`_shape`) for ``config``: the last build's shape object while it is
+    equal, so the views and every proxy's inputs compare unchanged shapes by identity. Seeds ``config``'s
+    memo, which :func:`_shape` reads. Once per build, an identity check per unchanged deployment (the
+    build keeps their objects)."""
+    shapes: dict[str, tuple[ir.Deployment, ir.Deployment]] = {}
+    for deployment in config.deployments:
+        held = previous.get(deployment.key)
+        if held is None or held[0] is not deployment:
+            shape = replace(deployment, endpoints=())
+            held = (deployment, held[1] if held is not None and held[1] == shape else shape)
+        shapes[deployment.key] = held
+        config.memo(("deployment shape", deployment.key), partial(_second, held))
+    return shapes
+
+
+def _second(pair: tuple[ir.Deployment, ir.Deployment]) -> ir.Deployment:
+    return pair[1]
 
 
 def _shape(config: ir.MeshConfig, deployment: ir.Deployment) -> ir.Deployment:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from meshplane.controlplane import ir, state
+from meshplane.controlplane import reconcile as reconcile_module
 from meshplane.controlplane.build import BuildMemo, build
 from meshplane.controlplane.configdir import ConfigDir
 from meshplane.controlplane.model import ConditionStatus, Kind, ObjectKey
@@ -438,6 +439,25 @@ def test_a_build_with_a_memo_keeps_the_services_a_change_does_not_touch(tmp_path
     assert (third, again) == build(source.world, [V1, V2])
     assert again.get(table_key) == problems[table_key]
     assert {s.key for s in third.services if all(s is not old for old in second.services)} == {"shop/reviews"}
+    assert [d.key for d in third.deployments if all(d is not old for old in second.deployments)] == [V2.deployment]
+
+
+def test_a_deployment_keeps_its_shape_object_across_builds_while_only_its_endpoints_change(tmp_path: Path) -> None:
+    """The views compare shapes by identity first: an equal shape must be the very object of the last build."""
+    write_canary(tmp_path)
+    ctl, _ = controller(tmp_path)
+
+    async def scenario() -> tuple[bool, bool]:
+        ctl.connect(V1)
+        await ctl.reconcile()
+        before = {d.key: reconcile_module._shape(ctl.config, d) for d in ctl.config.deployments}
+        ctl.connect(V2)  # reviews-v2's endpoints change, nothing else
+        await ctl.reconcile()
+        after = {d.key: reconcile_module._shape(ctl.config, d) for d in ctl.config.deployments}
+        return (all(after[k] is before[k] for k in before if k != V2.deployment),
+                after[V2.deployment] is before[V2.deployment])
+
+    assert asyncio.run(scenario()) == (True, True)
 
 
 def test_statuses_wait_for_status_every_after_a_pass(tmp_path: Path) -> None:
