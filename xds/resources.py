@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from meshplane.xds import framing
+
 TYPE_PREFIX = "type.googleapis.com/"
 
 
@@ -113,6 +115,7 @@ class Resource:
     body: bytes = field(repr=False)  # a Secret's body holds a private key: never in a repr or a log line
     digest: str
     refs: frozenset[Ref]
+    framing: bytes = field(default=b"", repr=False)  # what precedes ``body`` in a response (xds.framing.prefix)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Resource):
@@ -147,7 +150,7 @@ class Resource:
         found = _interned.get(digest)
         if found is not None and found.name == name and found.refs == frozen_refs and found.body == body:
             return found
-        made = cls(checked, name, body, digest, frozen_refs)
+        made = cls(checked, name, body, digest, frozen_refs, framing.prefix(checked.value, body))
         _interned[digest] = made
         return made
 

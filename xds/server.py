@@ -56,8 +56,9 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 
+from meshplane.xds import framing
 from meshplane.xds.cache import Snapshot, SnapshotCache, content_version
 from meshplane.xds.resources import PUSH_ORDER, WILDCARD_TYPES, Resource, TypeUrl
 
@@ -275,26 +276,30 @@ def clusters_named(resources: Iterable[Resource]) -> set[str]:
     return {name for resource in resources for name in resource.refs_of(TypeUrl.CLUSTER)}
 
 
-def sotw_response(type_url: TypeUrl, version: str, nonce: str, resources: Mapping[str, Resource]) -> Any:
-    """A DiscoveryResponse framing cached bytes (sorted by name, so equal content is equal bytes)."""
-    response = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url.value, nonce=nonce)
-    for name in sorted(resources):
-        response.resources.add(type_url=type_url.value, value=resources[name].body)
-    return response
+def sotw_response(type_url: TypeUrl, version: str, nonce: str, resources: Mapping[str, Resource]) -> bytes:
+    """A serialised DiscoveryResponse framing cached bytes (sorted by name, so equal content is equal bytes)."""
+    return framing.sotw_response(type_url.value, version, nonce, resources)
 
 
 def delta_response(
     type_url: TypeUrl, version: str, nonce: str, updates: Mapping[str, Resource], removed: Sequence[str]
-) -> Any:
-    """A DeltaDiscoveryResponse framing cached bytes; each resource's version is its digest."""
-    response = discovery_pb2.DeltaDiscoveryResponse(
-        system_version_info=version, type_url=type_url.value, nonce=nonce, removed_resources=removed
-    )
-    for name in sorted(updates):
-        item = response.resources.add(name=name, version=updates[name].digest)
-        item.resource.type_url = type_url.value
-        item.resource.value = updates[name].body
-    return response
+) -> bytes:
+    """A serialised DeltaDiscoveryResponse framing cached bytes; each resource's version is its digest."""
+    return framing.delta_response(type_url.value, version, nonce, updates, removed)
+
+
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+
+def ads_handler(ads: AggregatedDiscovery) -> grpc.GenericRpcHandler[Any, Any]:
+    """The ADS methods, sending responses already serialised (:mod:`framing`) as they are."""
+    def handler(method: Any, request: Any) -> grpc.RpcMethodHandler[Any, Any]:
+        return grpc.stream_stream_rpc_method_handler(method, request_deserializer=request.FromString,
+                                                     response_serializer=bytes)
+    return grpc.method_handlers_generic_handler(ADS_SERVICE, {
+        "StreamAggregatedResources": handler(ads.StreamAggregatedResources, discovery_pb2.DiscoveryRequest),
+        "DeltaAggregatedResources": handler(ads.DeltaAggregatedResources, discovery_pb2.DeltaDiscoveryRequest),
+    })
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -951,7 +956,7 @@ async def serve(
     """
     ads = AggregatedDiscovery(cache, callbacks, push_concurrency=push_concurrency, stream_rate=stream_rate)
     inner = grpc.aio.server(options=_grpc_options(max_message_bytes, options), maximum_concurrent_rpcs=max_streams)
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, inner)
+    inner.add_generic_rpc_handlers((ads_handler(ads),))
     server = XdsServer(inner, ads)
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     await server.start()
