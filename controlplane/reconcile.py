@@ -2,8 +2,9 @@
 
 One asyncio task owns the mesh. Anything that may change it — the config directory, a proxy
 connecting or going away — calls :meth:`Controller.poke`; the loop waits until pokes have gone quiet
-for ``quiet`` seconds (or ``max_delay`` after the first, so a steady trickle cannot starve it), then
-runs :meth:`Controller.reconcile` once for all of them:
+for ``quiet`` seconds (or ``max_delay`` after the first, so a steady trickle cannot starve it), and
+until the last round is at most :data:`ROUND_SHARE` of the loop, then runs :meth:`Controller.reconcile`
+once for all of them:
 
 1. sync the source (objects accepted one by one, see :mod:`configdir`);
 2. build the IR from the accepted objects and the connected workloads (pure) — only if either changed;
@@ -70,6 +71,12 @@ class Timing:
 # some deployment's Active, and a pass over 5,000 objects would otherwise take a third of the loop from
 # the proxies still waiting for their configuration. Statuses are read by people; they can lag a little.
 STATUS_SHARE = 0.2
+
+# Configuration rounds take at most this share of the loop: a round that took d seconds is followed by the
+# next no sooner than d / ROUND_SHARE after it began. When 2,000 proxies connect together every round
+# re-renders most of those already connected (their callees' endpoints, routes and callers changed), so
+# back-to-back rounds did the same work over and over while the new streams waited for the loop.
+ROUND_SHARE = 0.5
 
 
 async def settle(trigger: asyncio.Event, *, quiet: float, max_delay: float) -> None:
@@ -177,16 +184,26 @@ class Controller(Generic[T]):
     async def run(self) -> None:
         """Reconcile forever (until cancelled), once per settled burst of pokes."""
         self.poke()
+        paced = False  # the round before the loop (serving's start: the whole mesh, no proxy yet) does not count
         while True:
             await settle(self._trigger, quiet=self.timing.quiet, max_delay=self.timing.max_delay)
             try:
                 if self._config_due:
+                    if paced:
+                        await self._paced()
+                    paced = True
                     await self.reconcile(statuses=False)
                     self._status_soon(now=False)  # from the loop's next turn: the pushes go out first
                 elif self._status_due:
                     self.status_rounds += self._status_soon()
             except Exception:  # one bad round must not end the control plane; the next poke retries
                 log.exception("reconcile failed")
+
+    async def _paced(self) -> None:
+        """Wait until the last round, begun at ``round_started``, is at most :data:`ROUND_SHARE` of the loop."""
+        wait = self.round_started + self.last_round_seconds / ROUND_SHARE - time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     async def reconcile(self, *, statuses: bool = True) -> None:
         """One round: sync, build, render and publish for affected workloads, then statuses (module docstring).

@@ -551,6 +551,47 @@ def test_an_edit_is_not_refused_on_statuses_that_lag_behind_the_acks(tmp_path: P
     assert asyncio.run(scenario()) == ("/v2", 0)
 
 
+def test_a_slow_round_spaces_out_the_next_one_but_the_first_is_not_held(tmp_path: Path) -> None:
+    """A round of d seconds is followed by the next no sooner than d / ROUND_SHARE after it began; the
+    round serving's start ran before the loop does not hold the loop's first round."""
+    write_canary(tmp_path)
+    recorder = Recorder()
+    starts: list[float] = []
+
+    def slow_render(config: ir.MeshConfig, workload: ir.Workload) -> Rendered:
+        time.sleep(0.05)
+        return recorder.render(config, workload)
+
+    ctl = Controller(ConfigDir(tmp_path), slow_render, recorder.publish, Timing(0.01, 0.05, 0.05, status_every=0.0))
+    real = ctl.reconcile
+
+    async def timed(*, statuses: bool = True) -> None:
+        starts.append(time.perf_counter())
+        await real(statuses=statuses)
+
+    ctl.reconcile = timed  # type: ignore[method-assign]
+
+    async def scenario() -> tuple[float, float]:
+        ctl.connect(V1)
+        ctl.connect(V2)
+        await ctl.reconcile()  # serving's start: about 0.1 s
+        began = time.perf_counter()
+        task = asyncio.create_task(ctl.run())
+        for wanted in (2, 3):  # a first round of the loop that renders both (0.1 s), then a second one
+            ctl.refresh(V1.node_id)
+            ctl.refresh(V2.node_id)
+            while len(starts) < wanted and time.perf_counter() - began < 2.0:
+                await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return starts[1] - began, starts[2] - starts[1]
+
+    first, gap = asyncio.run(scenario())
+    assert first < 0.15, "the first round of the loop waits for no earlier round (held, it would wait 0.2 s)"
+    assert gap >= 0.1 / reconcile_module.ROUND_SHARE * 0.95, "a round of 0.1 s spaces the next one out"
+
+
 def test_a_slow_status_pass_spaces_out_the_next_ones(tmp_path: Path) -> None:
     """A pass that took d seconds waits d / STATUS_SHARE before the next, however often proxies ACK."""
     write_canary(tmp_path)
