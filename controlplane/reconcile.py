@@ -216,7 +216,9 @@ class Controller(Generic[T]):
         started = self.round_started = time.perf_counter()
         if self._sync() or self._rebuild or not self.rounds:
             self._rebuild = False
+            older = self.config
             self.config, self.problems = build(self.source.world, self.workloads.values(), self._build_memo)
+            self.config.carry_from(older)
             self.build_seconds = time.perf_counter() - started
             await asyncio.sleep(0)  # between phases too: a long round must not hold streams and ACKs
             self._shapes = _keep_shapes(self.config, self._shapes)
@@ -386,11 +388,16 @@ def service_views(config: ir.MeshConfig) -> dict[str, ServiceView]:
         deployments.setdefault(deployment.service, []).append(deployment)
     shared: dict[object, tuple[tuple[object, ...], object]] = {}
     views: dict[str, ServiceView] = {}
+    ordered: dict[frozenset[str], tuple[str, ...]] = {}  # callee set → sorted: at call-all, one sort, not 1,000
     for service in config.services:
         everyone, named = config.callees(service.mesh)  # what translation scopes the service's proxies by
         mesh = config.mesh(service.mesh)
         externals = tuple(e for e in mesh.egress if e.callers.admits(service.identity)) if mesh else ()
-        group = (service.mesh, tuple(sorted(everyone | named.get(service.identity, frozenset()))), externals)
+        own = named.get(service.identity)
+        callees = everyone | own if own else everyone  # the very set object when only "everyone" applies
+        if callees not in ordered:
+            ordered[callees] = tuple(sorted(callees))
+        group = (service.mesh, ordered[callees], externals)
         if group not in shared:
             called = [d for key in group[1] for d in deployments.get(key, ())]
             shared[group] = ((mesh, config.tcp_ports(service.mesh), externals,

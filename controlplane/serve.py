@@ -99,6 +99,7 @@ class Renderer:
         self._bases: dict[int, tuple[tuple[Built, ...], Snapshot]] = {}  # id(translated part) → it, as a snapshot
         self._swapped: dict[int, tuple[Snapshot, Snapshot | None]] = {}  # id(old part) → it, new endpoints
         self._serialised: dict[int, tuple[Any, Resource]] = {}  # id(message) → (message, its resource)
+        self._serialised_before: dict[int, tuple[Any, Resource]] = {}  # the same, for the last configuration
 
     def __call__(self, config: ir.MeshConfig, workload: ir.Workload) -> Snapshot:
         self._use(config)
@@ -165,6 +166,7 @@ class Renderer:
     def _use(self, config: ir.MeshConfig) -> None:
         """What was shared belongs to one configuration: a new one starts afresh."""
         if config is not self._config:
+            self._serialised_before = self._serialised  # messages translation carried over (MeshConfig.lasting)
             self._config, self._shared, self._serialised = config, {}, {}
             self._bases, self._swapped = {}, {}
 
@@ -174,7 +176,10 @@ class Renderer:
         may call the same services); the message is held here so its id stays its own."""
         held = self._serialised.get(id(built.message))
         if held is None:
-            held = self._serialised[id(built.message)] = (built.message, Resource.of(built.message, built.refs))
+            held = self._serialised_before.get(id(built.message))
+            if held is None or held[0] is not built.message:
+                held = (built.message, Resource.of(built.message, built.refs))
+            self._serialised[id(built.message)] = held
         return held[1]
 
     def _gateway(self, config: ir.MeshConfig, workload: ir.Workload) -> Snapshot:

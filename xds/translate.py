@@ -377,8 +377,8 @@ def _eds_cluster(config: ir.MeshConfig, destination: _Destination, tls: _ProxyTl
     on the caller (the certificate's secret name is every proxy's own, ``names.WORKLOAD_SECRET``): both
     are built once per build and shared by every caller and gateway of the mesh.
     """
-    return config.memo(("eds cluster", destination, tls.trust_domain),
-                       lambda: _new_eds_cluster(config, destination, tls))
+    return config.lasting(("eds cluster", destination, tls.trust_domain),
+                          lambda: _new_eds_cluster(config, destination, tls))
 
 
 def load_assignment(config: ir.MeshConfig, cluster: str) -> Built | None:
@@ -396,8 +396,9 @@ def load_assignment(config: ir.MeshConfig, cluster: str) -> Built | None:
 
 
 def _load_assignment(config: ir.MeshConfig, name: str, endpoints: tuple[str, ...], port: int) -> Built:
-    return config.memo(("load assignment", name, endpoints, port),
-                       lambda: Built(names.ENDPOINT_TYPE, name, messages.build_load_assignment(name, endpoints, port)))
+    def made() -> Built:
+        return Built(names.ENDPOINT_TYPE, name, messages.build_load_assignment(name, endpoints, port))
+    return config.lasting(("load assignment", name, endpoints, port), made)
 
 
 def _new_eds_cluster(config: ir.MeshConfig, destination: _Destination, tls: _ProxyTls) -> tuple[Built, Built]:

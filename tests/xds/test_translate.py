@@ -302,6 +302,26 @@ def test_a_cluster_without_endpoints_gets_an_empty_assignment() -> None:
     assert not assignment.endpoints
 
 
+def test_a_configuration_reuses_the_clusters_of_the_one_it_replaces() -> None:
+    """A route change leaves every destination as it was: the next build's clusters and load assignments are
+    the very objects of the last (MeshConfig.lasting), and nothing carried outlives a configuration unused."""
+    first = canary()
+    before = translate_outbound(first, MESH, spiffe("shop/frontend"))
+    catalog = http_service("shop/catalog", route(("shop/catalog-v1", 50), ("shop/catalog-v2", 50)))
+    second = ir.MeshConfig(first.meshes, (catalog, first.services[1]), first.deployments)
+    second.carry_from(first)
+    after = translate_outbound(second, MESH, spiffe("shop/frontend"))
+    kept = {(b.type_url, b.name): b for b in before if b.type_url in (names.CLUSTER_TYPE, names.ENDPOINT_TYPE)}
+    assert len(kept) == 4
+    assert all(b is kept[(b.type_url, b.name)] for b in after if (b.type_url, b.name) in kept)
+    routes = [b for b in after if b.type_url == names.ROUTE_TYPE]
+    assert routes and all(all(r is not b for b in before) for r in routes), "the changed routes are new"
+    third = ir.MeshConfig(first.meshes, (catalog, first.services[1]), first.deployments)
+    third.carry_from(ir.MeshConfig(first.meshes, first.services, first.deployments))  # used nothing
+    fresh = translate_outbound(third, MESH, spiffe("shop/frontend"))
+    assert all(b is not kept.get((b.type_url, b.name)) for b in fresh)
+
+
 def test_a_backend_on_standby_keeps_its_cluster_but_gets_no_traffic() -> None:
     """A deployment without endpoints drops out of the split while the other has some (build's choice), but
     its cluster stays: its first endpoint then changes the callers' routes, not their clusters."""
