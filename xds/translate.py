@@ -301,9 +301,26 @@ def _plans(config: ir.MeshConfig, mesh: str, identity: str) -> tuple[list[_Virtu
         virtual_hosts, l4 = _mesh_plans(config, mesh)
         kept = {number: (protocol, [c for c in chains if c.service in allowed])
                 for number, (protocol, chains) in l4.items()}
-        return ([v for v in virtual_hosts if v.service in allowed],
+        return (_hosts_of(config, mesh, virtual_hosts, allowed),
                 {number: plan for number, plan in kept.items() if plan[1]})
     return config.memo(("plans", mesh, identity), scoped)
+
+
+def _hosts_of(config: ir.MeshConfig, mesh: str, virtual_hosts: list[_VirtualHost],
+              allowed: frozenset[str]) -> list[_VirtualHost]:
+    """The virtual hosts of the ``allowed`` services, in mesh plan order. A caller of 10 services out of
+    1,000 picks them from an index instead of scanning every host (once per identity: 1,000 scans a build)."""
+    if len(allowed) * 4 >= len(virtual_hosts):
+        return [v for v in virtual_hosts if v.service in allowed]
+
+    def index() -> dict[str, list[tuple[int, _VirtualHost]]]:
+        found: dict[str, list[tuple[int, _VirtualHost]]] = {}
+        for position, vhost in enumerate(virtual_hosts):
+            found.setdefault(vhost.service, []).append((position, vhost))
+        return found
+    by_service = config.memo(("virtual hosts by service", mesh), index)
+    picked = sorted((entry for service in allowed for entry in by_service.get(service, ())), key=lambda e: e[0])
+    return [vhost for _, vhost in picked]
 
 
 def _mesh_plans(config: ir.MeshConfig, mesh: str) -> tuple[list[_VirtualHost], L4Plan]:

@@ -302,6 +302,19 @@ def test_a_cluster_without_endpoints_gets_an_empty_assignment() -> None:
     assert not assignment.endpoints
 
 
+def test_few_allowed_services_are_picked_from_the_index_in_mesh_plan_order() -> None:
+    """The index (few callees) and the scan (many) give the same hosts in the same order."""
+    from meshplane.xds import translate as module
+
+    services = tuple(http_service(f"shop/s{i:02d}", route(("shop/d", 1))) for i in range(40))
+    config = ir.MeshConfig((ir.Mesh(MESH, TRUST_DOMAIN, ir.Mtls.PERMISSIVE),), services, ())
+    hosts, _ = module._mesh_plans(config, MESH)
+    for allowed in ({"shop/s07"}, {"shop/s31", "shop/s02", "shop/s19"}, {s.key for s in services[::2]}):
+        picked = module._hosts_of(config, MESH, hosts, frozenset(allowed))
+        assert picked == [v for v in hosts if v.service in allowed]
+        assert len(picked) == len(allowed)
+
+
 def test_a_configuration_reuses_the_clusters_of_the_one_it_replaces() -> None:
     """A route change leaves every destination as it was: the next build's clusters and load assignments are
     the very objects of the last (MeshConfig.lasting), and nothing carried outlives a configuration unused."""
