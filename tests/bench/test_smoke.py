@@ -152,6 +152,14 @@ def test_injection(bench: Bench) -> None:
     assert (result["benchmark"], result["requests"], result["failures"]) == ("injection", 5, 0)
 
 
+@pytest.mark.parametrize("transport", [[], ["--plaintext"]])
+def test_grpc_floor(bench: Bench, transport: list[str]) -> None:
+    result = bench.run("grpc_floor.py", "--streams", "3", "--timeout", "30", *transport)
+    has_keys(result, {"benchmark", "tls", "streams_wanted", "streams_open", "seconds_to_open", "server_rss_idle_mb",
+                      "server_rss_loaded_mb", "kb_per_stream", "grpc"})
+    assert (result["benchmark"], result["streams_open"], result["tls"]) == ("grpc_floor", 3, not transport)
+
+
 def test_model(bench: Bench) -> None:
     result = bench.run("model.py", "--services", "3", "--repeat", "1")
     has_keys(result, {"benchmark", "services", "objects", "parse_s", "validate_s", "status_s",
