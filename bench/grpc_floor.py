@@ -103,21 +103,16 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             "grpc": grpc.__version__}
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--streams", type=positive, default=2000, help="idle ADS streams (default 2000)")
+    parser.add_argument("--streams", type=int, default=2000, help="idle ADS streams, at least 1 (default 2000)")
     parser.add_argument("--plaintext", action="store_true", help="no TLS (default: mutual TLS, as serve)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the streams (default 120)")
     parser.add_argument("--child", metavar="TARGET", help=argparse.SUPPRESS)
     parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.streams < 1:
+        parser.error("--streams must be at least 1")
     if args.child:
         asyncio.run(clients(args.child, args.streams, args.state))
         return

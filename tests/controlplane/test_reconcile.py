@@ -486,14 +486,23 @@ def test_statuses_wait_for_status_every_after_a_pass(tmp_path: Path) -> None:
     assert asyncio.run(scenario()) == (0, 1)
 
 
-def test_an_edit_refused_while_a_change_is_applied_passes_once_the_proxies_acknowledge(tmp_path: Path) -> None:
-    """The gate reads statuses, which no file carries: the status pass that frees it retries the edit."""
-    write_canary(tmp_path)
+TABLE = ObjectKey(Kind.VIRTUAL_SERVICE_ROUTE_TABLE, "shop", "reviews-canary")
+
+
+def gated(folder: Path, status_every: float) -> tuple[Controller[Rendered], dict[ObjectKey, DataPlaneState]]:
+    """The canary set and a controller whose data-plane states (what proxies said) the test sets."""
+    write_canary(folder)
     said: dict[ObjectKey, DataPlaneState] = {}
     recorder = Recorder()
-    ctl = Controller(ConfigDir(tmp_path), recorder.render, recorder.publish,
-                     Timing(0.01, 0.05, 0.05, status_every=0.0), data_plane=lambda: said)
-    table = ObjectKey(Kind.VIRTUAL_SERVICE_ROUTE_TABLE, "shop", "reviews-canary")
+    ctl = Controller(ConfigDir(folder), recorder.render, recorder.publish,
+                     Timing(0.01, 0.05, 0.05, status_every=status_every), data_plane=lambda: said)
+    return ctl, said
+
+
+def test_an_edit_refused_while_a_change_is_applied_passes_once_the_proxies_acknowledge(tmp_path: Path) -> None:
+    """The gate reads statuses, which no file carries: the status pass that frees it retries the edit."""
+    ctl, said = gated(tmp_path, 0.0)
+    table = TABLE
 
     def path() -> object:
         obj = ctl.source.world.get(table)
@@ -523,12 +532,8 @@ def test_an_edit_refused_while_a_change_is_applied_passes_once_the_proxies_ackno
 def test_an_edit_is_not_refused_on_statuses_that_lag_behind_the_acks(tmp_path: Path) -> None:
     """The proxies have ACKed but the paced status pass has not run yet: the round that reads the edit brings
     the statuses up to date and lets it pass, instead of refusing it until the next pass (here 10 s away)."""
-    write_canary(tmp_path)
-    said: dict[ObjectKey, DataPlaneState] = {}
-    recorder = Recorder()
-    ctl = Controller(ConfigDir(tmp_path), recorder.render, recorder.publish,
-                     Timing(0.01, 0.05, 0.05, status_every=10.0), data_plane=lambda: said)
-    table = ObjectKey(Kind.VIRTUAL_SERVICE_ROUTE_TABLE, "shop", "reviews-canary")
+    ctl, said = gated(tmp_path, 10.0)
+    table = TABLE
 
     async def scenario() -> tuple[object, int]:
         await connect_both(ctl)
