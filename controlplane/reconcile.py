@@ -241,8 +241,9 @@ class Controller(Generic[T]):
 
         The gates read statuses, and a pass may be seconds behind the proxies' ACKs at 2,000 proxies: an
         edit made just after the mesh settled was refused on a stale ServiceMeshActive=Unknown and waited
-        for the next pass (2.4 s and 10.7 s in two benchmark runs). A refusal that stands costs one
-        comparison per round: the pass is skipped when nothing it reads changed.
+        for the next pass (2.4 s and 10.7 s in two benchmark runs). A refusal that stands costs a pass per
+        round while what the pass reads keeps changing (ACKs coming in), else one comparison; rounds are
+        paced (:data:`ROUND_SHARE`), so such passes are too.
         """
         changed = self.source.sync()
         if self.source.waiting() and self.rounds and self.update_status(poke=False):

@@ -2,10 +2,10 @@
 
 A resource's bytes are made once per content (:class:`~meshplane.xds.resources.Resource`) and shared
 by every proxy that gets it. Building a protobuf DiscoveryResponse copied them into an ``Any`` per
-resource per push, and gRPC then serialised the whole message again: at 2,000 proxies that was about a
-tenth of the control plane's time in a cold sync. Here a response is the protobuf wire encoding written
-directly (length-delimited fields, in field-number order, empty strings omitted as proto3 does), so a
-push costs a join of shared bytes. The ADS method handlers send these bytes as they are.
+resource per push, and gRPC then serialised the whole message again (50 µs for a response of 21
+clusters). Here a response is the protobuf wire encoding written directly (length-delimited fields, in
+field-number order, empty values omitted as proto3 does): a join of each resource's kept prefix and its
+shared bytes (14 µs for the same response). The ADS method handlers send these bytes as they are.
 
 Field numbers are envoy.service.discovery.v3's; ``tests/xds/test_framing.py`` checks them against the
 generated descriptors and every encoding against the protobuf library's.
@@ -67,7 +67,7 @@ def sotw_response(type_url: str, version: str, nonce: str, resources: Mapping[st
     parts = [_text(_VERSION_INFO, version)]
     for name in sorted(resources):
         resource = resources[name]
-        parts += (resource.framing, resource.body)
+        parts += (resource.sotw_prefix, resource.body)
     parts += [_text(_TYPE_URL, type_url), _text(_NONCE, nonce)]
     return b"".join(parts)
 

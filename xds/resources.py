@@ -115,7 +115,7 @@ class Resource:
     body: bytes = field(repr=False)  # a Secret's body holds a private key: never in a repr or a log line
     digest: str
     refs: frozenset[Ref]
-    framing: bytes = field(default=b"", repr=False)  # what precedes ``body`` in a response (xds.framing.prefix)
+    sotw_prefix: bytes = field(default=b"", repr=False)  # what precedes ``body`` in a SotW response (framing.prefix)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Resource):
