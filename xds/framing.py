@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # resources imports this module to frame each resource once
     from meshplane.xds.resources import Resource
 
+_SMALL = [bytes([i]) for i in range(0x80)]
+
 # DiscoveryResponse
 _VERSION_INFO, _RESOURCES, _TYPE_URL, _NONCE = 1, 2, 4, 5
 # DeltaDiscoveryResponse (resources, type_url and nonce as above)
@@ -31,6 +33,8 @@ _ANY_TYPE_URL, _ANY_VALUE = 1, 2
 
 
 def _varint(value: int) -> bytes:
+    if value < 0x80:  # every tag here, and short strings
+        return _SMALL[value]
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -67,7 +71,7 @@ def sotw_response(type_url: str, version: str, nonce: str, resources: Mapping[st
     parts = [_text(_VERSION_INFO, version)]
     for name in sorted(resources):
         resource = resources[name]
-        parts += (resource.sotw_prefix, resource.body)
+        parts += (resource.sotw_prefix(), resource.body)
     parts += [_text(_TYPE_URL, type_url), _text(_NONCE, nonce)]
     return b"".join(parts)
 

@@ -115,7 +115,7 @@ class Resource:
     body: bytes = field(repr=False)  # a Secret's body holds a private key: never in a repr or a log line
     digest: str
     refs: frozenset[Ref]
-    sotw_prefix: bytes = field(default=b"", repr=False)  # what precedes ``body`` in a SotW response (framing.prefix)
+    _sotw_prefix: bytes | None = field(default=None, init=False, repr=False)  # see sotw_prefix()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Resource):
@@ -150,9 +150,17 @@ class Resource:
         found = _interned.get(digest)
         if found is not None and found.name == name and found.refs == frozen_refs and found.body == body:
             return found
-        made = cls(checked, name, body, digest, frozen_refs, framing.prefix(checked.value, body))
+        made = cls(checked, name, body, digest, frozen_refs)
         _interned[digest] = made
         return made
+
+    def sotw_prefix(self) -> bytes:
+        """What precedes ``body`` in a SotW response (:func:`framing.prefix`), made when first sent and kept:
+        every proxy the resource is sent to shares it."""
+        if self._sotw_prefix is None:
+            object.__setattr__(self, "_sotw_prefix", framing.prefix(self.type_url.value, self.body))  # frozen: a cache
+        assert self._sotw_prefix is not None
+        return self._sotw_prefix
 
     def refs_of(self, type_url: str) -> frozenset[str]:
         """Names of the resources of ``type_url`` this one depends on."""
