@@ -340,6 +340,7 @@ class Controller(Generic[T]):
                 groups[group] = (version(("outbound", group), outbound), version(("endpoints", group), endpoints))
             views[_OUTBOUND + key], views[_ENDPOINTS + key] = groups[group]
             version(_SERVICE + key, (groups[group][0], *inbound))
+            version(_INBOUND + key, inbound)
         return views
 
     def outbound_view(self, workload: ir.Workload) -> object | None:
@@ -347,6 +348,17 @@ class Controller(Generic[T]):
         unknown deployment): unchanged, the renderer may keep that part and swap in new endpoints only."""
         deployment = self.config.deployment(workload.deployment) if workload.gateway is None else None
         return None if deployment is None else self._views.get(_OUTBOUND + deployment.service)
+
+    def inbound_view(self, workload: ir.Workload) -> object | None:
+        """What a sidecar's inbound listeners are made of, as a value compared by ``==`` (None for a gateway,
+        an unknown deployment, or transparent capture, whose listeners are not split in two): the workload,
+        its deployment's shape and the version of its service's inbound view (the service and, when some
+        chain is plaintext, its callers' addresses). Unchanged, the renderer may keep those listeners."""
+        if workload.gateway is not None or workload.capture is not ir.Capture.EXPLICIT:
+            return None
+        deployment = self.config.deployment(workload.deployment)
+        view = self._views.get(_INBOUND + deployment.service) if deployment is not None else None
+        return None if view is None or deployment is None else (workload, _shape(self.config, deployment), view)
 
     def _inputs_of(self, workload: ir.Workload) -> tuple[object, object]:
         """Everything a workload's configuration depends on (compared by value; views by version): what
@@ -365,6 +377,7 @@ class Controller(Generic[T]):
 _SERVICE = "service "  # view keys of virtual services: never a mesh key (keys have no spaces)
 _ENDPOINTS = "endpoints "  # view keys of the endpoints a virtual service's proxies may call
 _OUTBOUND = "outbound "  # view keys of what a virtual service's proxies may call, endpoints aside
+_INBOUND = "inbound "  # view keys of what a virtual service's proxies' inbound listeners are made of
 
 
 ServiceView = tuple[object, tuple[object, ...], tuple[object, ...], object]

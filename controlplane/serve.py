@@ -51,7 +51,9 @@ from meshplane.xds.translate import (
     load_assignment,
     mesh_of,
     required_secrets,
+    translate_inbound,
     translate_outbound,
+    translate_outbound_listeners,
     translate_proxy,
 )
 
@@ -93,6 +95,9 @@ class Renderer:
         self.resolvers = resolvers
         self.kube_secrets = kube_secrets
         self.outbound_view: Callable[[ir.Workload], object | None] | None = None
+        self.inbound_view: Callable[[ir.Workload], object | None] | None = None
+        self._inbound: dict[str, tuple[object, list[Resource]]] = {}  # node id → its view, its inbound part
+        self._inbound_before: dict[str, tuple[object, list[Resource]]] = {}  # the same, last configuration
         self._config: ir.MeshConfig | None = None
         self._shared: dict[tuple[str, str], Snapshot] = {}  # (mesh, identity) → its outbound part, this build
         self._kept: dict[tuple[str, str], tuple[object, Snapshot]] = {}  # across builds, by view
@@ -111,8 +116,22 @@ class Renderer:
             return Snapshot()
         if (mesh, identity) not in self._shared:
             self._shared[(mesh, identity)] = self._outbound(config, workload, mesh, identity)
-        own = [Resource.of(b.message, b.refs) for b in translate_proxy(config, workload, self.resolvers)]
-        return Snapshot.layered(self._shared[(mesh, identity)], (*own, *self._secrets(config, workload, mesh)))
+        return Snapshot.layered(self._shared[(mesh, identity)],
+                                (*self._own(config, workload), *self._secrets(config, workload, mesh)))
+
+    def _own(self, config: ir.MeshConfig, workload: ir.Workload) -> list[Resource]:
+        """A sidecar's own listeners and clusters. With ``inbound_view``, the inbound ones are kept while
+        that view is equal, and only the outbound listeners are translated: at call-all a route change
+        re-rendered 200 proxies' inbound listeners (0.4 s) though only their outbound part changed."""
+        view = self.inbound_view(workload) if self.inbound_view is not None else None
+        if view is None:
+            return [Resource.of(b.message, b.refs) for b in translate_proxy(config, workload, self.resolvers)]
+        held = self._inbound.get(workload.node_id) or self._inbound_before.get(workload.node_id)
+        if held is None or held[0] != view:
+            held = (view, [Resource.of(b.message, b.refs) for b in translate_inbound(config, workload)])
+        self._inbound[workload.node_id] = held
+        outbound = translate_outbound_listeners(config, workload, self.resolvers)
+        return [*held[1], *(Resource.of(b.message, b.refs) for b in outbound)]
 
     def endpoints(self, config: ir.MeshConfig, previous: Snapshot) -> Snapshot | None:
         """``previous`` with every load assignment replaced by ``config``'s, the rest kept as it is: for a
@@ -167,6 +186,7 @@ class Renderer:
         """What was shared belongs to one configuration: a new one starts afresh."""
         if config is not self._config:
             self._serialised_before = self._serialised  # messages translation carried over (MeshConfig.lasting)
+            self._inbound_before, self._inbound = self._inbound, {}
             self._config, self._shared, self._serialised = config, {}, {}
             self._bases, self._swapped = {}, {}
 
@@ -270,6 +290,7 @@ class ControlPlane:
         self.controller: Controller[Snapshot] = Controller(self.source, self.renderer, self._publish, options.timing,
                                                             data_plane=self._data_plane)
         self.renderer.outbound_view = self.controller.outbound_view
+        self.renderer.inbound_view = self.controller.inbound_view
         self.controller.after_round = self._after_round
         self.controller.render_endpoints = self._render_endpoints
         self.xds: XdsServer | None = None

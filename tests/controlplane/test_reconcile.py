@@ -256,6 +256,30 @@ def _client_mesh(folder: Path) -> None:
     write(folder / "AccessPolicy-shop-policy.yaml", policy)
 
 
+def test_a_route_change_keeps_the_inbound_view_of_the_callers_but_not_of_the_changed_service(tmp_path: Path) -> None:
+    """The client's outbound part changes with reviews' routes; its inbound listeners do not, so its inbound
+    view stays equal (the renderer keeps them). Reviews' own service changed: its proxies' view does not."""
+    _client_mesh(tmp_path)
+    ctl, _ = controller(tmp_path)
+    client = ir.Workload("client-a", "shop/client-v1", "127.0.0.21")
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        for workload in (V1, V2, client):
+            ctl.connect(workload)
+        await ctl.reconcile()
+        before = ctl.inbound_view(client), ctl.inbound_view(V1), ctl.outbound_view(client)
+        table = next(d for d in data.manifests("canary") if d["kind"] == "VirtualServiceRouteTable")
+        table["spec"]["routeRules"][0]["httpRoute"]["destinations"][0]["weight"] = 60
+        table["spec"]["routeRules"][0]["httpRoute"]["destinations"][1]["weight"] = 40
+        write(tmp_path / "VirtualServiceRouteTable-reviews-canary.yaml", table)
+        await ctl.reconcile()
+        return (ctl.inbound_view(client) == before[0], ctl.inbound_view(V1) == before[1],
+                ctl.outbound_view(client) is before[2])
+
+    assert asyncio.run(scenario()) == (True, False, False)
+    assert ctl.inbound_view(ir.Workload("ghost", "shop/ghost-v1", "127.0.0.99")) is None
+
+
 def test_a_new_caller_workload_re_renders_a_plaintext_destination_but_not_a_strict_one(tmp_path: Path) -> None:
     """Callers' addresses matter only to plaintext chains (RBAC by address): reviews is STRICT, so a
     client workload coming does not touch its proxies; once reviews is PERMISSIVE, it does."""

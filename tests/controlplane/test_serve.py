@@ -150,6 +150,39 @@ def test_an_unchanged_outbound_view_keeps_the_shared_part_and_renders_what_a_fre
     assert len(translated) == 3, "a new view version is translated again (the fresh renderer above counted once)"
 
 
+def test_an_unchanged_inbound_view_keeps_the_inbound_listeners_and_renders_what_a_fresh_renderer_would(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new build whose inbound view is equal translates only the proxy's outbound listeners and gives the
+    snapshot a renderer without memory gives; another view translates the inbound listeners again."""
+    (tmp_path / "config").mkdir()
+    _client_mesh(tmp_path / "config")
+    source = ConfigDir(tmp_path / "config")
+    source.sync()
+    credentials = Credentials(tmp_path / "state")
+    renderer = Renderer(credentials)
+    view: list[object] = [object()]
+    renderer.inbound_view = lambda workload: view[0]
+    translated: list[str] = []
+    real = translate.translate_inbound
+
+    def counting(config: ir.MeshConfig, workload: ir.Workload) -> Any:
+        translated.append(workload.node_id)
+        return real(config, workload)
+
+    monkeypatch.setattr(serve, "translate_inbound", counting)
+    workloads = [V1, V2, ir.Workload("client-a", "shop/client-v1", "127.0.0.21")]
+    first = renderer(build(source.world, workloads)[0], V1)
+    config = build(source.world, [*workloads, ir.Workload("reviews-v1-b", "shop/reviews-v1", "127.0.0.13")])[0]
+    kept = renderer(config, V1)
+    assert translated == [V1.node_id], "the second build kept the inbound listeners"
+    inbound = [r for r in first.extra if r.name.startswith("inbound")]
+    assert inbound and all(r in kept.extra for r in inbound)
+    assert kept.versions() == Renderer(credentials)(config, V1).versions()
+    view[0] = object()
+    renderer(config, V1)
+    assert translated == [V1.node_id, V1.node_id], "another view translates them again"
+
+
 def test_the_serving_process_freezes_its_startup_heap_and_collects_old_generations_rarely() -> None:
     before = gc.get_threshold()
     try:
