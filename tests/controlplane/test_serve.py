@@ -118,16 +118,21 @@ def test_an_outbound_cluster_name_reads_back_as_its_deployment_and_port() -> Non
         assert names.parse_outbound_cluster(other) is None
 
 
+def client_mesh_renderer(folder: Path) -> tuple[ConfigDir, Credentials, Renderer]:
+    """The client mesh read from ``folder``/config, and a renderer with credentials under ``folder``/state."""
+    (folder / "config").mkdir()
+    _client_mesh(folder / "config")
+    source = ConfigDir(folder / "config")
+    source.sync()
+    credentials = Credentials(folder / "state")
+    return source, credentials, Renderer(credentials)
+
+
 def test_an_unchanged_outbound_view_keeps_the_shared_part_and_renders_what_a_fresh_renderer_would(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A new build whose outbound view is the same version re-translates nothing outbound, swaps in the new
     endpoints, and gives the snapshot a renderer without any memory gives; a new version re-translates."""
-    (tmp_path / "config").mkdir()
-    _client_mesh(tmp_path / "config")
-    source = ConfigDir(tmp_path / "config")
-    source.sync()
-    credentials = Credentials(tmp_path / "state")
-    renderer = Renderer(credentials)
+    source, credentials, renderer = client_mesh_renderer(tmp_path)
     view: list[object] = [object()]
     renderer.outbound_view = lambda workload: view[0]
     translated: list[str] = []
@@ -154,12 +159,7 @@ def test_an_unchanged_inbound_view_keeps_the_inbound_listeners_and_renders_what_
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A new build whose inbound view is equal translates only the proxy's outbound listeners and gives the
     snapshot a renderer without memory gives; another view translates the inbound listeners again."""
-    (tmp_path / "config").mkdir()
-    _client_mesh(tmp_path / "config")
-    source = ConfigDir(tmp_path / "config")
-    source.sync()
-    credentials = Credentials(tmp_path / "state")
-    renderer = Renderer(credentials)
+    source, credentials, renderer = client_mesh_renderer(tmp_path)
     view: list[object] = [object()]
     renderer.inbound_view = lambda workload: view[0]
     translated: list[str] = []
