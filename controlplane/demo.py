@@ -187,7 +187,7 @@ class Demo:
         started = loop.time()
         while loop.time() - started < timeout:
             if _served_weights(plane) == {f"{NS}/catalog-v{i}": w for i, w in ((1, v1), (2, v2)) if w} and \
-                    all_synced(plane):
+                    not plane.controller.busy and all_synced(plane):
                 self.say(f"  every proxy had it within {loop.time() - started:.2f} s")
                 return
             await asyncio.sleep(0.02)

@@ -132,6 +132,7 @@ class Controller(Generic[T]):
     _shapes: dict[str, tuple[ir.Deployment, ir.Deployment]] = field(default_factory=dict)  # key → it, its shape
     _leaving: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
     _trigger: asyncio.Event = field(default_factory=asyncio.Event)
+    _in_round: bool = False
 
     def poke(self) -> None:
         """The source or the workloads may have changed: reconcile soon."""
@@ -213,6 +214,18 @@ class Controller(Generic[T]):
         published until it was done.
         """
         self._config_due = False
+        self._in_round = True
+        try:
+            await self._round(statuses)
+        finally:
+            self._in_round = False
+
+    @property
+    def busy(self) -> bool:
+        """A configuration round is running or due: what the proxies were sent may be about to change."""
+        return self._config_due or self._in_round
+
+    async def _round(self, statuses: bool) -> None:
         started = self.round_started = time.perf_counter()
         if self._sync() or self._rebuild or not self.rounds:
             self._rebuild = False

@@ -191,12 +191,16 @@ class TypeSync:
     acked: str = ""
     nacked: str = ""
     nack_message: str = ""
+    pending: bool = False  # the snapshot changed for this type and the stream has not pushed it yet
 
     @property
     def status(self) -> str:
-        """NOT_SENT, SYNCED (latest ACKed), NACKED (latest rejected) or STALE (latest not answered yet)."""
+        """NOT_SENT, SYNCED (latest ACKed), NACKED (latest rejected) or STALE (latest not answered yet, or a
+        newer one not sent yet: a published change is never reported SYNCED on the version before it)."""
         if not self.sent:
             return "NOT_SENT"
+        if self.pending:
+            return "STALE"
         if self.acked == self.sent:
             return "SYNCED"
         if self.nacked == self.sent:
@@ -863,7 +867,9 @@ class AggregatedDiscovery:
         if not streams:
             return {}
         newest = streams[max(streams)]
-        return {t.value: state.sync for t, state in newest.types.items()}
+        waiting = newest.dirty | newest._changed
+        return {t.value: replace(state.sync, pending=True) if t in waiting else state.sync
+                for t, state in newest.types.items()}
 
     def sync_states(self) -> dict[str, dict[str, TypeSync]]:
         """:meth:`sync_state` of every connected node, by node id (the body of /debug/syncz)."""

@@ -337,6 +337,20 @@ async def test_a_nack_is_recorded_counted_and_the_rejected_version_is_not_resent
         assert fixed.version_info not in (rejected.version_info, got[CDS].version_info)
 
 
+async def test_a_published_change_is_stale_until_pushed_and_acknowledged() -> None:
+    """Between a publish and its push the proxy's last ACK is of the version before: never SYNCED then."""
+    cache = SnapshotCache()
+    cache.set(NODE, mesh("a"))
+    async with ads(cache) as (server, port), client(port) as proxy:
+        await proxy.handshake()  # every type ACKed
+        await eventually(lambda: server.ads.sync_state(NODE)[CDS].status == "SYNCED", what="the handshake's ACK")
+        cache.set(NODE, mesh("a", timeout_ms=2000))
+        assert server.ads.sync_state(NODE)[CDS].status == "STALE", "published, not yet pushed"
+        changed = await proxy.recv(CDS)
+        await proxy.ack(changed)
+        await eventually(lambda: server.ads.sync_state(NODE)[CDS].status == "SYNCED", what="the ACK")
+
+
 async def test_a_rejected_eds_version_is_not_resent_even_after_a_cds_response() -> None:
     cache = SnapshotCache()
     cache.set(NODE, mesh("a"))
