@@ -72,8 +72,8 @@ WILDCARD = "*"
 CHILD = {TypeUrl.CLUSTER: TypeUrl.ENDPOINT, TypeUrl.LISTENER: TypeUrl.ROUTE}
 """The type whose resources warm their parent: re-sent after every response of the parent type."""
 RETAINABLE = (TypeUrl.CLUSTER, TypeUrl.ENDPOINT, TypeUrl.SECRET)
-_RETAINABLE_BY_URL = {t.value: t for t in RETAINABLE}  # a ref's type string → its TypeUrl, without Enum lookups
 """Types make-before-break keeps while in-use listeners/routes still name them."""
+_RETAINABLE_BY_URL = {t.value: t for t in RETAINABLE}  # a ref's type string → its TypeUrl, without Enum lookups
 _INBOX_SIZE = 16
 
 
@@ -479,6 +479,10 @@ class _Stream:
         self._closing = True
         self._wake()
 
+    def pending(self) -> set[TypeUrl]:
+        """The types a cache change marked for a push this stream has not made yet."""
+        return self.dirty | self._changed
+
     def _absorb_changes(self) -> None:
         if self._changed:
             self.dirty |= self._changed
@@ -867,7 +871,7 @@ class AggregatedDiscovery:
         if not streams:
             return {}
         newest = streams[max(streams)]
-        waiting = newest.dirty | newest._changed
+        waiting = newest.pending()
         return {t.value: replace(state.sync, pending=True) if t in waiting else state.sync
                 for t, state in newest.types.items()}
 

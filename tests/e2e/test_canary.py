@@ -133,6 +133,21 @@ def test_adding_a_third_version_at_10_percent_causes_no_503(tmp_path: Path) -> N
         assert "reviews-v3" in results.names, "v3 got its share after the edit"
 
 
+def test_a_destination_without_workloads_is_on_standby_and_takes_no_traffic(tmp_path: Path) -> None:
+    """v3 is in the route table but has no workload: the client's Envoy accepts its cluster (empty load
+    assignment, kept so that v3's first workload changes routes only) and routes every request elsewhere."""
+    with mesh(tmp_path) as m:
+        m.write("mesh.yaml", [*base(("v1", "v2", "v3")), table({"v1": 45, "v2": 45, "v3": 10})])
+        url = start(m, ("v1", "v2"))
+        results = load(url, HOST, count=400, concurrency=16, seconds=15)
+        assert results.failed == 0, (results.statuses, results.errors[:3])
+        assert set(results.names) == {"reviews-v1", "reviews-v2"}
+        status, dump = m.admin("/debug/config_dump?proxy=client")
+        assert status == 200 and f"outbound|{PORT}|shop/reviews-v3" in dump, "the standby cluster was sent"
+        [client] = [p for p in m.syncz()["proxies"] if p["node"] == "client"]
+        assert client["types"]["CDS"]["status"] == "SYNCED", "and the client's Envoy accepted it"
+
+
 def test_deny_default_refuses_and_priority_and_prefix_rules_route(tmp_path: Path) -> None:
     with mesh(tmp_path) as m:
         m.write("mesh.yaml", base(policy="DENY"))
