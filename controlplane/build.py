@@ -33,7 +33,7 @@ Choices (each written in docs/traffic.md for users):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from meshplane.controlplane import ir
@@ -62,7 +62,8 @@ class _Build:
     """What one build has found so far (objects by key) and the problems it reports."""
 
     world: World
-    endpoints: Mapping[str, tuple[str, ...]]
+    endpoints: Mapping[str, tuple[str, ...]]  # deployment key → its configured workloads' addresses
+    starting: Mapping[str, tuple[str, ...]]  # deployment key → its not yet configured workloads' addresses
     meshes: dict[str, ir.Mesh] = field(default_factory=dict)
     services: dict[str, AnyObject] = field(default_factory=dict)
     deployments: dict[str, ir.Deployment] = field(default_factory=dict)
@@ -128,11 +129,16 @@ def _access_inputs(world: World) -> tuple[tuple[object, ...], ...]:
     return tuple((o.key, o.metadata, o.spec) for kind in _ACCESS_KINDS for o in world.objects(kind))
 
 
-def build(world: World, workloads: Iterable[ir.Workload] = (), memo: BuildMemo | None = None
-          ) -> tuple[ir.MeshConfig, Problems]:
-    """The IR of every served object, and the problems found (keyed by object)."""
+def build(world: World, workloads: Iterable[ir.Workload] = (), memo: BuildMemo | None = None, *,
+          starting: Container[str] = frozenset()) -> tuple[ir.MeshConfig, Problems]:
+    """The IR of every served object, and the problems found (keyed by object).
+
+    ``starting`` holds the node ids of workloads whose proxies have not accepted their configuration yet:
+    they are callers but not endpoints (``ir.Deployment.starting``). A gateway's workloads are callers only.
+    """
     workloads = list(workloads)
-    ctx = _Build(world, _endpoints(workloads))
+    ctx = _Build(world, _endpoints(w for w in workloads if w.node_id not in starting),
+                 _endpoints(w for w in workloads if w.node_id in starting))
     for mesh in world.objects(Kind.MESH):
         ctx.meshes[key_of(mesh)] = ir.Mesh(key_of(mesh), trust_domain(mesh), _mesh_minimum(mesh))
     for vs in world.objects(Kind.VIRTUAL_SERVICE):
@@ -175,7 +181,8 @@ def _access(ctx: _Build) -> Access:
 def _endpoints(workloads: Iterable[ir.Workload]) -> dict[str, tuple[str, ...]]:
     found: dict[str, set[str]] = {}
     for workload in workloads:
-        found.setdefault(workload.deployment, set()).add(workload.address)
+        if workload.gateway is None:
+            found.setdefault(workload.deployment, set()).add(workload.address)
     return {key: tuple(sorted(addresses)) for key, addresses in found.items()}
 
 
@@ -195,7 +202,8 @@ def _add_deployment(ctx: _Build, vd: AnyObject) -> None:
     logging = bool(vd.spec.access_logging and vd.spec.access_logging.is_enabled)
     ports = tuple(sorted((_port(listener) for listener in vd.spec.listeners), key=lambda p: p.number))
     key = key_of(vd)
-    ctx.deployments[key] = ir.Deployment(key, key_of(parent), hostname, ports, ctx.endpoints.get(key, ()), logging)
+    ctx.deployments[key] = ir.Deployment(key, key_of(parent), hostname, ports, ctx.endpoints.get(key, ()), logging,
+                                         ctx.starting.get(key, ()))
 
 
 def _port(listener: Listener) -> ir.Port:

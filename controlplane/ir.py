@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -132,7 +132,12 @@ class Port:
 
 @dataclass(frozen=True)
 class Deployment:
-    """One version of a service: its ports and the addresses of its live workloads."""
+    """One version of a service: its ports and the addresses of its live workloads.
+
+    ``endpoints`` are the workloads that take traffic: their proxies have accepted their configuration.
+    ``starting`` are those whose proxies are connected but not configured yet: they take no traffic (their
+    listeners are not there), but they may already call, so they count among the callers' addresses.
+    """
 
     key: str
     service: str
@@ -140,9 +145,15 @@ class Deployment:
     ports: tuple[Port, ...]
     endpoints: tuple[str, ...] = ()
     access_logging: bool = False
+    starting: tuple[str, ...] = ()
 
     def port(self, number: int) -> Port | None:
         return next((p for p in self.ports if p.number == number), None)
+
+    def shape(self) -> Deployment:
+        """This deployment without its workloads' addresses: what shapes its callers' configuration and its
+        own proxies' (endpoints only change load assignments)."""
+        return replace(self, endpoints=(), starting=())
 
 
 @dataclass(frozen=True)
@@ -290,8 +301,8 @@ class Gateway:
 
 @dataclass(frozen=True)
 class Workload:
-    """A running proxy and the deployment it serves (an endpoint while it is connected), or the ingress
-    gateway it runs (``gateway``, its key; then ``deployment`` is empty)."""
+    """A running proxy and the deployment it serves (an endpoint while it is connected and configured), or
+    the ingress gateway it runs (``gateway``, its key; then ``deployment`` is empty)."""
 
     node_id: str
     deployment: str
@@ -377,7 +388,7 @@ class MeshConfig:
             for deployment in self.deployments:
                 caller = self.service(deployment.service)
                 if caller is not None and caller.mesh == mesh:
-                    by_identity.setdefault(caller.identity, set()).update(deployment.endpoints)
+                    by_identity.setdefault(caller.identity, set()).update(deployment.endpoints, deployment.starting)
             of_services = frozenset(a for addresses in by_identity.values() for a in addresses)
             for gateway in self.gateways:
                 if gateway.mesh == mesh:

@@ -26,8 +26,15 @@ A proxy's ACK or NACK changes nothing but statuses (Active): it calls :meth:`Con
 coalesced the same way, and the round it causes runs step 4 only. At 2,000 proxies that is thousands of
 ACKs per change; each used to cost a whole round.
 
+A sidecar's workload becomes an endpoint only once its proxy has accepted its configuration
+(:meth:`Controller.configured`, called by the composition root when the proxy has ACKed every type it
+asked for), as Kubernetes adds a pod to a Service only once it is ready: before that its listeners are
+not there, and callers sent to it would get 503s. Until then it is ``starting``: it is rendered for, and
+counts among its callees' callers, but takes no traffic.
+
 A workload that disconnects stays an endpoint for ``grace`` seconds, so a proxy that restarts or
-reconnects to a restarted control plane does not drop out of load balancing meanwhile.
+reconnects to a restarted control plane does not drop out of load balancing meanwhile; its new stream
+finds it configured still. The workloads a previous run remembered are configured too.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Generic, TypeVar
@@ -110,6 +117,7 @@ class Controller(Generic[T]):
     config: ir.MeshConfig = field(default_factory=ir.MeshConfig)
     problems: dict[ObjectKey, list[Problem]] = field(default_factory=dict)
     workloads: dict[str, ir.Workload] = field(default_factory=dict)
+    starting: set[str] = field(default_factory=set)  # node ids of sidecars not configured yet: no endpoints
     rounds: int = 0
     last_round_seconds: float = 0.0
     round_started: float = 0.0  # perf_counter() at the start of the latest round
@@ -145,15 +153,26 @@ class Controller(Generic[T]):
         self._trigger.set()
 
     def connect(self, workload: ir.Workload) -> None:
-        """A proxy opened its stream: it is an endpoint from now on, and wants its configuration."""
+        """A proxy opened its stream: it wants its configuration, and is a caller from now on. A new sidecar
+        (or one whose workload changed) is ``starting`` until :meth:`configured`; one known already keeps
+        taking traffic (it reconnected)."""
         handle = self._leaving.pop(workload.node_id, None)
         if handle is not None:
             handle.cancel()
         if self.workloads.get(workload.node_id) != workload:
             self.workloads[workload.node_id] = workload
+            if workload.gateway is None:
+                self.starting.add(workload.node_id)
             self._rebuild = True
         self._inputs.pop(workload.node_id, None)  # a new stream needs a snapshot even if nothing changed
         self.poke()
+
+    def configured(self, node_id: str) -> None:
+        """The proxy has accepted its configuration: its workload is an endpoint from the next round."""
+        if node_id in self.starting:
+            self.starting.discard(node_id)
+            self._rebuild = True
+            self.poke()
 
     def refresh(self, node_id: str) -> None:
         """Render this workload's configuration again at the next round even if its inputs are unchanged
@@ -178,6 +197,7 @@ class Controller(Generic[T]):
     def _forget(self, node_id: str) -> None:
         self._leaving.pop(node_id, None)
         self.workloads.pop(node_id, None)
+        self.starting.discard(node_id)
         self._inputs.pop(node_id, None)
         self._rebuild = True
         self.poke()
@@ -230,7 +250,8 @@ class Controller(Generic[T]):
         if self._sync() or self._rebuild or not self.rounds:
             self._rebuild = False
             older = self.config
-            self.config, self.problems = build(self.source.world, self.workloads.values(), self._build_memo)
+            self.config, self.problems = build(self.source.world, self.workloads.values(), self._build_memo,
+                                               starting=frozenset(self.starting))
             self.config.carry_from(older)
             self.build_seconds = time.perf_counter() - started
             await asyncio.sleep(0)  # between phases too: a long round must not hold streams and ACKs
@@ -446,7 +467,7 @@ def _keep_shapes(config: ir.MeshConfig, previous: Mapping[str, tuple[ir.Deployme
     for deployment in config.deployments:
         held = previous.get(deployment.key)
         if held is None or held[0] is not deployment:
-            shape = replace(deployment, endpoints=())
+            shape = deployment.shape()
             held = (deployment, held[1] if held is not None and held[1] == shape else shape)
         shapes[deployment.key] = held
         config.memo(("deployment shape", deployment.key), partial(_second, held))
@@ -460,7 +481,7 @@ def _second(pair: tuple[ir.Deployment, ir.Deployment]) -> ir.Deployment:
 def _shape(config: ir.MeshConfig, deployment: ir.Deployment) -> ir.Deployment:
     """A deployment without its endpoints (what shapes its callers' and its own configuration), made once
     per configuration: the views and every proxy's inputs compare it each round."""
-    return config.memo(("deployment shape", deployment.key), lambda: replace(deployment, endpoints=()))
+    return config.memo(("deployment shape", deployment.key), deployment.shape)
 
 
 def _plaintext(service: ir.Service, deployments: Iterable[ir.Deployment]) -> bool:

@@ -44,7 +44,7 @@ from meshplane.xds.cache import InconsistentSnapshotError, Snapshot, SnapshotCac
 from meshplane.xds.ingress import gateway_secrets, translate_gateway
 from meshplane.xds.resources import Resource, TypeUrl
 from meshplane.xds.secrets import build_certificate_secret, build_trust_secret
-from meshplane.xds.server import Callbacks, StreamRate, StreamRefusedError, XdsServer, current_peer
+from meshplane.xds.server import Callbacks, StreamRate, StreamRefusedError, XdsServer, configured, current_peer
 from meshplane.xds.server import serve as serve_xds
 from meshplane.xds.translate import (
     Built,
@@ -306,7 +306,8 @@ class ControlPlane:
         self._changed_at: dict[str, float] = {}  # node id → start of the round that changed it (not yet ACKed)
         self._sent_at: dict[tuple[str, str], float] = {}  # (node id, type URL) → when its latest response left
         self._certificates_counted = 0
-        self._saved: tuple[object, dict[str, ir.Workload]] = (None, {})  # what _after_round last wrote
+        # what _after_round last saw: ports, workloads (credentials kept), endpoints (the workloads file)
+        self._saved: tuple[object, dict[str, ir.Workload], list[ir.Workload] | None] = (None, {}, None)
 
     async def start(self) -> None:
         state.ensure(self.options.state_dir)
@@ -411,9 +412,11 @@ class ControlPlane:
             state.write_deployments(self.options.state_dir, config)
         workloads = dict(self.controller.workloads)
         if workloads != self._saved[1]:  # a route change at 2,000 proxies spent 0.2 s writing the same JSON
-            state.write_workloads(self.options.state_dir, list(workloads.values()))
             self.credentials.keep_only(set(workloads))
-        self._saved = (ports, workloads)
+        endpoints = [w for w in workloads.values() if w.node_id not in self.controller.starting]
+        if endpoints != self._saved[2]:  # what the file holds: a restart keeps them as endpoints
+            state.write_workloads(self.options.state_dir, endpoints)
+        self._saved = (ports, workloads, endpoints)
 
     def _open(self, stream_id: int, node: Any) -> None:
         workload = workload_from_node(node)
@@ -434,10 +437,12 @@ class ControlPlane:
         sent_at = self._sent_at.pop((node_id, type_url), None)
         if sent_at is not None:
             self.metrics.push_seconds.labels(kind).observe(time.perf_counter() - sent_at)
-        if node_id in self._changed_at and self.xds is not None:
+        if (node_id in self._changed_at or node_id in self.controller.starting) and self.xds is not None:
             states = self.xds.ads.sync_state(node_id)  # this proxy only: ACKs are a hot path
-            if states and all(s.status == "SYNCED" for s in states.values()):
+            if node_id in self._changed_at and states and all(s.status == "SYNCED" for s in states.values()):
                 self.metrics.convergence.observe(time.perf_counter() - self._changed_at.pop(node_id))
+            if node_id in self.controller.starting and configured(states):
+                self.controller.configured(node_id)  # its workload takes traffic from the next round
         self.controller.poke_status()  # Active may now be True
 
     def _responded(self, node_id: str, type_url: str, version: str) -> None:

@@ -4,9 +4,10 @@
 deployment's listener ports and protocols (``deployments.json``) — so that ``bootstrap`` can refuse a
 sidecar whose application ports do not cover its deployment's listeners before Envoy ever starts.
 
-It also remembers the workloads connected to it (``workloads.json``): after a restart, they stay
-endpoints for a grace period while their proxies reconnect. Without that, the first proxy to reconnect
-would be told that every other deployment has no endpoint, and its requests would fail.
+It also remembers the workloads that are endpoints (``workloads.json``: their proxies are connected and
+configured, or gateways): after a restart, they stay endpoints for a grace period while their proxies
+reconnect. Without that, the first proxy to reconnect would be told that every other deployment has no
+endpoint, and its requests would fail.
 The directory is created with mode 0700: it will also hold the mesh CA's keys.
 """
 
@@ -53,7 +54,7 @@ def read_gateways(state_dir: Path) -> dict[str, list[int]] | None:
 
 
 def write_workloads(state_dir: Path, workloads: list[ir.Workload]) -> bool:
-    """Remember the connected workloads, so a restarted control plane keeps them as endpoints."""
+    """Remember the workloads that are endpoints, so a restarted control plane keeps them as such."""
     data = [{"node_id": w.node_id, "deployment": w.deployment, "address": w.address, "capture": w.capture.value,
              "app_ports": [list(p) for p in w.app_ports], "gateway": w.gateway}
             for w in sorted(workloads, key=lambda w: w.node_id)]

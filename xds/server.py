@@ -208,6 +208,17 @@ class TypeSync:
         return "STALE"
 
 
+def configured(states: Mapping[str, TypeSync]) -> bool:
+    """Whether a proxy (its :meth:`AggregatedDiscovery.sync_state`) has accepted some version of every type
+    it asks for, listeners among them: the readiness that makes its workload an endpoint.
+
+    Envoy asks for the routes and secrets its listeners name while it applies them, before it ACKs them
+    (those requests are paused until the listener update is done); so once this holds, its listeners have
+    what they wait on to warm, and a caller sent to it finds them there.
+    """
+    return TypeUrl.LISTENER.value in states and all(s.acked for s in states.values())
+
+
 # ---------------------------------------------------------------------------------------------------
 # Pure helpers.
 

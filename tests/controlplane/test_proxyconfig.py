@@ -59,6 +59,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     loop.run_until_complete(plane.start())
     for workload in WORKLOADS:
         plane.controller.connect(workload)
+        plane.controller.configured(workload.node_id)  # as its proxy's ACKs would
     loop.run_until_complete(plane.controller.reconcile())
     credentials = plane.credentials
     found = Served(f"127.0.0.1:{plane.admin_port}",

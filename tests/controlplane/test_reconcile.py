@@ -93,10 +93,16 @@ def controller(folder: Path) -> tuple[Controller[Rendered], Recorder]:
     return Controller(ConfigDir(folder), recorder.render, recorder.publish, timing), recorder
 
 
+def arrive(ctl: Controller[Rendered], *workloads: ir.Workload) -> None:
+    """The workloads' proxies connect and (as their ACKs would tell) accept their configuration."""
+    for workload in workloads:
+        ctl.connect(workload)
+        ctl.configured(workload.node_id)
+
+
 async def connect_both(ctl: Controller[Rendered]) -> None:
-    """v1's and v2's proxies connect, and one round runs."""
-    ctl.connect(V1)
-    ctl.connect(V2)
+    """v1's and v2's proxies connect and are configured, and one round runs."""
+    arrive(ctl, V1, V2)
     await ctl.reconcile()
 
 
@@ -158,7 +164,7 @@ def test_a_reconnect_within_the_grace_period_keeps_the_endpoint(tmp_path: Path) 
     ctl, _ = controller(tmp_path)
 
     async def scenario() -> None:
-        ctl.connect(V2)
+        arrive(ctl, V2)
         ctl.disconnect(V2.node_id)
         ctl.connect(V2)
         await asyncio.sleep(0.1)
@@ -400,16 +406,73 @@ def test_a_callee_workload_coming_gives_its_callers_new_endpoints_only(tmp_path:
     client = ir.Workload("client-a", "shop/client-v1", "127.0.0.21")
 
     async def scenario() -> tuple[list[str], int, int]:
-        for workload in (V1, V2, client):
-            ctl.connect(workload)
+        arrive(ctl, V1, V2, client)
         await ctl.reconcile()
         recorder.published.clear()
-        ctl.connect(ir.Workload("reviews-v1-b", "shop/reviews-v1", "127.0.0.13", app_ports=((9080, 19080),)))
+        arrive(ctl, ir.Workload("reviews-v1-b", "shop/reviews-v1", "127.0.0.13", app_ports=((9080, 19080),)))
         await ctl.reconcile()
         return sorted(n for n, _ in recorder.published), ctl.rendered, ctl.patched
 
     assert asyncio.run(scenario()) == (["client-a", "reviews-v1-b"], 1, 1)
     assert patched == [("client-a", ("127.0.0.11", "127.0.0.13"))]
+
+
+def test_a_new_sidecar_takes_traffic_only_once_its_proxy_is_configured(tmp_path: Path) -> None:
+    """client calls reviews. A new reviews-v1 proxy connects: it is rendered for, but is no endpoint (the
+    client is not re-rendered) until its proxy accepted its configuration; then only the client is."""
+    _client_mesh(tmp_path)
+    ctl, recorder = controller(tmp_path)
+    client = ir.Workload("client-a", "shop/client-v1", "127.0.0.21")
+    newcomer = ir.Workload("reviews-v1-b", "shop/reviews-v1", "127.0.0.13", app_ports=((9080, 19080),))
+
+    async def step() -> tuple[list[str], tuple[str, ...], tuple[str, ...]]:
+        recorder.published.clear()
+        await ctl.reconcile()
+        deployment = ctl.config.deployment("shop/reviews-v1")
+        assert deployment is not None
+        return sorted(n for n, _ in recorder.published), deployment.endpoints, deployment.starting
+
+    async def scenario() -> list[tuple[list[str], tuple[str, ...], tuple[str, ...]]]:
+        arrive(ctl, V1, V2, client)
+        await ctl.reconcile()
+        ctl.connect(newcomer)
+        connected = await step()
+        ctl.configured(newcomer.node_id)
+        return [connected, await step()]
+
+    connected, ready = asyncio.run(scenario())
+    assert connected == (["reviews-v1-b"], ("127.0.0.11",), ("127.0.0.13",))
+    assert ready == (["client-a"], ("127.0.0.11", "127.0.0.13"), ())
+
+
+def test_a_starting_workload_is_a_caller_already(tmp_path: Path) -> None:
+    """A plaintext callee admits its callers by address: a caller's address is there from its proxy's first
+    configuration, so its first requests are not refused; being an endpoint changes no caller address."""
+    _client_mesh(tmp_path)
+    source = ConfigDir(tmp_path)
+    source.sync()
+    client = ir.Workload("client-a", "shop/client-v1", "127.0.0.21")
+    starting, _ = build(source.world, [V1, client], starting={"client-a"})
+    ready, _ = build(source.world, [V1, client])
+    reviews = starting.service("shop/reviews")
+    assert reviews is not None and "127.0.0.21" in starting.caller_addresses(reviews)
+    assert starting.caller_addresses(reviews) == ready.caller_addresses(reviews)
+    [was, now] = [config.deployment("shop/client-v1") for config in (starting, ready)]
+    assert was is not None and now is not None
+    assert (was.endpoints, was.starting, now.endpoints, now.starting) == ((), ("127.0.0.21",), ("127.0.0.21",), ())
+    assert was.shape() == now.shape()
+
+
+def test_only_a_new_or_changed_sidecar_is_starting(tmp_path: Path) -> None:
+    write_canary(tmp_path)
+    ctl, _ = controller(tmp_path)
+    arrive(ctl, V1)
+    ctl.connect(ir.Workload("gateway-a", "", "127.0.0.30", gateway="shop/gateway"))
+    ctl.connect(V1)  # its proxy reconnected
+    ctl.connect(V2)
+    assert ctl.starting == {V2.node_id}, "a gateway's workloads take no traffic from the mesh: never starting"
+    ctl.connect(ir.Workload(V1.node_id, V1.deployment, "127.0.0.99", app_ports=V1.app_ports))
+    assert ctl.starting == {V1.node_id, V2.node_id}, "a workload that changed starts again"
 
 
 def test_a_build_reusing_the_access_policies_gives_what_a_fresh_build_gives(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ while traffic flows. Weights are checked by who answered; safety by every status
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from pathlib import Path
@@ -146,6 +147,58 @@ def test_a_destination_without_workloads_is_on_standby_and_takes_no_traffic(tmp_
         assert status == 200 and f"outbound|{PORT}|shop/reviews-v3" in dump, "the standby cluster was sent"
         [client] = [p for p in m.syncz()["proxies"] if p["node"] == "client"]
         assert client["types"]["CDS"]["status"] == "SYNCED", "and the client's Envoy accepted it"
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+def test_a_workload_arriving_under_load_takes_traffic_only_once_its_proxy_is_ready(tmp_path: Path,
+                                                                                  delta: bool) -> None:
+    """v3 is in the route table at 10 % with no workload; its app and sidecar start while requests flow.
+    Its workload becomes an endpoint only once its proxy has accepted its configuration, so no request is
+    sent to a sidecar whose listeners are not there yet (before readiness: 1 to 29 of 1,200 got 503)."""
+    with mesh(tmp_path, delta=delta) as m:
+        m.write("mesh.yaml", [*base(("v1", "v2", "v3")), table({"v1": 45, "v2": 45, "v3": 10})])
+        url = start(m, ("v1", "v2"))
+
+        def arrive() -> None:
+            time.sleep(1.0)
+            m.start_app("reviews-v3", 13, APP_PORT)
+            m.start_sidecar("reviews-v3", "shop/reviews-v3", 13, {PORT: APP_PORT}, wait=False)
+
+        starter = threading.Thread(target=arrive)
+        starter.start()
+        results = load(url, HOST, count=1200, rate=120, concurrency=32, seconds=15)
+        starter.join()
+        assert results.failed == 0, (results.statuses, results.errors[:3])
+        assert "reviews-v3" in results.names, "v3 got its share once its proxy was ready"
+
+
+def test_a_workload_whose_proxy_rejects_its_listeners_takes_no_traffic(tmp_path: Path) -> None:
+    """v3's sidecar cannot bind its listener (a socket squats on the address without listening), so its
+    Envoy NACKs LDS: v3 stays out of load balancing, and no request is sent where nothing listens. Once
+    its proxy accepts a configuration, v3 takes its share."""
+    with mesh(tmp_path) as m:
+        docs = [*base(("v1", "v2", "v3")), table({"v1": 45, "v2": 45, "v3": 10})]
+        m.write("mesh.yaml", docs)
+        url = start(m, ("v1", "v2"))
+        m.start_app("reviews-v3", 13, APP_PORT)
+        with socket.socket() as squatter:
+            squatter.bind((m.address(13), PORT))
+            m.start_sidecar("reviews-v3", "shop/reviews-v3", 13, {PORT: APP_PORT}, wait=False)
+            m.wait_for(lambda: lds_status(m, "reviews-v3") == "NACKED", 20, "v3's proxy to reject its listeners")
+            m.wait_for(lambda: lds_status(m, "client") == "SYNCED", 10, "the client to be in sync")
+            results = load(url, HOST, count=400, concurrency=16, seconds=15)
+            assert results.failed == 0, (results.statuses, results.errors[:3])
+            assert set(results.names) == {"reviews-v1", "reviews-v2"}
+        v3 = next(d for d in docs if d["metadata"]["name"] == "reviews-v3")
+        v3["spec"]["listener"][0]["requestTimeoutInMs"] = 20000  # a new version: Envoy tries it, and binds
+        m.write("mesh.yaml", docs)
+        m.wait_for(lambda: "reviews-v3" in load(url, HOST, count=100, seconds=5).names, 20,
+                   "v3 to take traffic once its proxy accepted its listeners")
+
+
+def lds_status(m: Mesh, node: str) -> str:
+    proxy = next(p for p in m.syncz()["proxies"] if p["node"] == node)
+    return str(proxy["types"]["LDS"]["status"])
 
 
 def test_deny_default_refuses_and_priority_and_prefix_rules_route(tmp_path: Path) -> None:

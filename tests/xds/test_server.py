@@ -45,7 +45,9 @@ from meshplane.xds.server import (
     StreamRate,
     StreamRefusedError,
     Subscription,
+    TypeSync,
     XdsServer,
+    configured,
     current_peer,
     delta_subscription,
     retained_resources,
@@ -732,6 +734,47 @@ async def test_real_envoy_serves_the_app_and_shifts_traffic_without_failing_a_re
             assert {status for status, _ in answers} == {200}, answers
             clusters = (await asyncio.to_thread(envoy.admin_get, "/clusters"))[1]
             assert "v2::" in clusters and "v1::" not in clusters
+
+
+def test_a_proxy_is_configured_once_it_accepted_some_version_of_every_type_it_asks_for() -> None:
+    accepted, answered = TypeSync(sent="2", acked="1"), TypeSync(sent="1")
+    assert configured({CDS.value: accepted, LDS.value: accepted, RDS.value: accepted})
+    assert not configured({}), "nothing asked for yet"
+    assert not configured({CDS.value: accepted}), "no listeners asked for yet"
+    assert not configured({CDS.value: accepted, LDS.value: accepted, RDS.value: answered}), "routes not accepted"
+    rejected = TypeSync(sent="1", nacked="1", nack_message="cannot bind")
+    assert not configured({CDS.value: accepted, LDS.value: rejected}), "its only listeners were rejected"
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"], ids=["sotw", "delta"])
+async def test_real_envoy_is_configured_once_it_accepted_its_routes_and_its_listener_serves_then(
+    api_type: str, tmp_path: Path
+) -> None:
+    """Envoy asks for the routes its listeners name before it ACKs the listeners, so ``configured`` holds
+    only from the routes' ACK; a request sent at that very moment is served."""
+    cache, listener_port = SnapshotCache(), free_port()
+    url = f"http://127.0.0.1:{listener_port}/hello"
+    servers: list[XdsServer] = []
+    seen: list[tuple[str, bool, bool]] = []  # per ACK: type, routes asked for, configured
+    first: list[asyncio.Future[tuple[int, str]]] = []
+
+    async with app("v1") as v1, aiohttp.ClientSession() as session:
+        def acked(node_id: str, type_url: str, version: str) -> None:
+            states = servers[0].ads.sync_state(node_id)
+            seen.append((TypeUrl(type_url).short, RDS.value in states, configured(states)))
+            if seen[-1][2] and not first:
+                first.append(asyncio.ensure_future(get(session, url)))
+
+        async with ads(cache, Callbacks(on_ack=acked)) as (server, port):
+            servers.append(server)
+            cache.set(NODE, envoy_mesh({"v1": v1}, "v1", listener_port))
+            with running_envoy(ads_bootstrap(NODE, "test", port, api_type=api_type), tmp_path) as envoy:
+                await eventually(lambda: bool(first), 20.0, f"Envoy to be configured\n{envoy.log_tail()}")
+                assert await asyncio.wait_for(first[0], 5.0) == (200, "v1")
+    lds = next(s for s in seen if s[0] == "LDS")
+    assert lds[1:] == (True, False), f"routes asked for, not configured yet, at the listeners' ACK: {seen}"
+    assert next(s for s in seen if s[2])[0] == "RDS", seen
 
 
 # ------------------------------------------------------------------------------------ stream rate
