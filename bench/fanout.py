@@ -40,8 +40,10 @@ Measured (times from ``time.monotonic``, one clock for both processes):
 * ``cold_sync``: from the moment the worker starts opening the N streams until every proxy has ACKed
   the final version of every type it subscribed to (for each proxy and type: the first ACK of the
   version it still runs at the end). Done means: every proxy is synced by its own account, nothing
-  was received for ``--settle`` seconds, and the control plane's ``/debug/syncz`` says every type of
-  every proxy is SYNCED at the version the proxy ACKed last — twice, ``--settle`` seconds apart.
+  was received for ``--settle`` seconds, and the control plane's ``/debug/syncz`` says every proxy is
+  ready (an endpoint), every type of every proxy is SYNCED at the version the proxy ACKed last and no
+  round is running or due — twice, ``--settle`` seconds apart. The cold sync therefore includes the
+  round that gives callers the endpoints of the last proxies to become ready.
 * ``route_change``: the changed service's route table file is rewritten (90/10 → 50/50, atomically).
   Per affected proxy (one whose RDS version changed), the time from the write until it ACKed the new
   RDS version; ``expected_affected`` counts the proxies of the K services allowed to call it. It
@@ -984,11 +986,15 @@ class Bench:
             sample["published"] = {short: {n: n in named[short] for n in found} for short, found in missing.items()}
 
     def plane_agrees(self, report: list[Json]) -> bool:
-        """Every proxy SYNCED on every type at syncz, at the version the proxy ACKed last."""
+        """Every proxy ready and SYNCED on every type at syncz, at the version the proxy ACKed last, and no
+        round running or due (one may be: the last proxies' readiness gives their callers endpoints)."""
         code, body = self.admin("/debug/syncz", timeout=self.left())
         if code != 200:
             return False
-        plane = {p["node"]: p["types"] for p in json.loads(body)["proxies"]}
+        syncz = json.loads(body)
+        if syncz.get("reconciling"):
+            return False
+        plane = {p["node"]: p["types"] for p in syncz["proxies"] if p.get("ready", True)}
         for proxy in report:
             types_ = plane.get(proxy["node"])
             if types_ is None or set(types_) != set(proxy["acks"]):

@@ -500,11 +500,12 @@ class ControlPlane:
                 "gateway": workload.gateway if workload else None,
                 "identity": self._identity(workload) if workload else None,
                 "address": workload.address if workload else None,
+                "ready": node_id not in self.controller.starting,  # an endpoint (a sidecar), or a gateway
                 "types": {TypeUrl(t).short: {"status": s.status, "sent": s.sent, "acked": s.acked,
                                                 "nacked": s.nacked, "nack_message": s.nack_message}
                           for t, s in types.items()},
             })
-        return {"proxies": proxies}
+        return {"reconciling": self.controller.busy, "proxies": proxies}
 
     def _identity(self, workload: ir.Workload) -> str | None:
         """The SPIFFE ID a proxy proves: its virtual service's, or its ingress gateway's."""

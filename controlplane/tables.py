@@ -38,13 +38,15 @@ def status_table(resources: Mapping[str, Any]) -> str:
 
 
 def proxy_status_table(syncz: Mapping[str, Any]) -> str:
-    """One row per connected proxy: what it serves, and per xDS type SYNCED / STALE / NOT SENT / NACKED."""
-    rows = [["PROXY", "SERVES", "ADDRESS", *TYPES]]
+    """One row per connected proxy: what it serves, whether it is ready (takes traffic: its proxy accepted
+    its configuration), and per xDS type SYNCED / STALE / NOT SENT / NACKED."""
+    rows = [["PROXY", "SERVES", "ADDRESS", "READY", *TYPES]]
     nacks = []
     for proxy in sorted(syncz.get("proxies", []), key=lambda p: str(p.get("node"))):
         types = proxy.get("types", {})
+        ready = {True: "yes", False: "no"}.get(proxy.get("ready"), "-")
         rows.append([str(proxy.get("node")), str(proxy.get("deployment") or "-"), str(proxy.get("address") or "-"),
-                     *(str(types.get(t, {}).get("status", "-")) for t in TYPES)])
+                     ready, *(str(types.get(t, {}).get("status", "-")) for t in TYPES)])
         nacks += [f"  {proxy.get('node')} {t}: {s['nack_message']}" for t, s in sorted(types.items())
                   if s.get("nack_message")]
     text = render(rows)

@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 
+from meshplane.controlplane import admin
 from meshplane.controlplane.admin import Views, create_app, start
 
 
@@ -40,3 +41,14 @@ def test_health_and_debug_views_are_served() -> None:
     assert syncz == (200, {"proxies": [{"node": "a"}]})
     assert resources == (200, {"objects": []})
     assert missing[0] == 404
+
+
+def test_listings_are_json_with_one_item_per_line() -> None:
+    data = {"reconciling": False, "proxies": [{"node": "b", "types": {"CDS": {"status": "SYNCED"}}}, {"node": "a"}],
+            "empty": [], "nested": {"z": 1, "a": [1, 2]}}
+    text = admin._listing(data)
+    assert json.loads(text) == data
+    lines = text.splitlines()
+    assert lines[lines.index('  "proxies": [') + 1:][:2] == [
+        '    {"node": "b", "types": {"CDS": {"status": "SYNCED"}}},', '    {"node": "a"}']
+    assert '  "nested": {"a": [1, 2], "z": 1},' in lines and '  "empty": [],' in lines

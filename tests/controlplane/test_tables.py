@@ -26,9 +26,9 @@ RESOURCES = {
     "file_problems": [],
 }
 SYNCZ = {"proxies": [
-    {"node": "web-1", "deployment": "shop/web-v1", "address": "127.0.0.21", "types": {
+    {"node": "web-1", "deployment": "shop/web-v1", "address": "127.0.0.21", "ready": True, "types": {
         t: {"status": "SYNCED", "nack_message": None} for t in ("CDS", "EDS", "LDS", "RDS", "SDS")}},
-    {"node": "api-1", "deployment": None, "address": "127.0.0.22", "types": {
+    {"node": "api-1", "deployment": None, "address": "127.0.0.22", "ready": False, "types": {
         "CDS": {"status": "NACKED", "nack_message": "cluster x: bad"}, "LDS": {"status": "STALE"}}},
 ]}
 
@@ -49,9 +49,9 @@ def test_status_shows_each_objects_conditions_and_what_was_not_accepted() -> Non
 
 def test_proxy_status_shows_each_type_and_the_last_rejection() -> None:
     lines = proxy_status_table(SYNCZ).splitlines()
-    assert lines[0].split() == ["PROXY", "SERVES", "ADDRESS", "CDS", "EDS", "LDS", "RDS", "SDS"]
-    assert lines[1].split() == ["api-1", "-", "127.0.0.22", "NACKED", "-", "STALE", "-", "-"]
-    assert lines[2].split() == ["web-1", "shop/web-v1", "127.0.0.21", *["SYNCED"] * 5]
+    assert lines[0].split() == ["PROXY", "SERVES", "ADDRESS", "READY", "CDS", "EDS", "LDS", "RDS", "SDS"]
+    assert lines[1].split() == ["api-1", "-", "127.0.0.22", "no", "NACKED", "-", "STALE", "-", "-"]
+    assert lines[2].split() == ["web-1", "shop/web-v1", "127.0.0.21", "yes", *["SYNCED"] * 5]
     assert lines[-2:] == ["last rejections:", "  api-1 CDS: cluster x: bad"]
 
 

@@ -189,16 +189,23 @@ def test_a_workload_whose_proxy_rejects_its_listeners_takes_no_traffic(tmp_path:
             results = load(url, HOST, count=400, concurrency=16, seconds=15)
             assert results.failed == 0, (results.statuses, results.errors[:3])
             assert set(results.names) == {"reviews-v1", "reviews-v2"}
+            assert proxy(m, "reviews-v3")["ready"] is False and proxy(m, "client")["ready"] is True
         v3 = next(d for d in docs if d["metadata"]["name"] == "reviews-v3")
         v3["spec"]["listener"][0]["requestTimeoutInMs"] = 20000  # a new version: Envoy tries it, and binds
         m.write("mesh.yaml", docs)
         m.wait_for(lambda: "reviews-v3" in load(url, HOST, count=100, seconds=5).names, 20,
                    "v3 to take traffic once its proxy accepted its listeners")
+        assert proxy(m, "reviews-v3")["ready"] is True
+
+
+def proxy(m: Mesh, node: str) -> dict[str, Any]:
+    """The node's entry in /debug/syncz."""
+    found: dict[str, Any] = next(p for p in m.syncz()["proxies"] if p["node"] == node)
+    return found
 
 
 def lds_status(m: Mesh, node: str) -> str:
-    proxy = next(p for p in m.syncz()["proxies"] if p["node"] == node)
-    return str(proxy["types"]["LDS"]["status"])
+    return str(proxy(m, node)["types"]["LDS"]["status"])
 
 
 def test_deny_default_refuses_and_priority_and_prefix_rules_route(tmp_path: Path) -> None:
