@@ -43,7 +43,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Generic, TypeVar
@@ -425,8 +425,9 @@ def service_views(config: ir.MeshConfig) -> dict[str, ServiceView]:
       gathered and compared once, not once per service;
     * outbound: the mesh (trust domain, mTLS floor, egress) and its TCP ports, the external services, the
       services it may call and their deployments without endpoints (routes, clusters);
-    * inbound: the service itself (ports, routes, mode, callers) and the addresses of the workloads that
-      may call it when some chain is plaintext (RBAC by address);
+    * inbound: the service's identity, mode and callers (:func:`_inbound_shape`: not its hosts or routes,
+      which only its callers read) and the addresses of the workloads that may call it when some chain is
+      plaintext (RBAC by address);
     * endpoints: those of the deployments it may call, which only change load assignments.
 
     Built with indexes, once per build.
@@ -452,7 +453,7 @@ def service_views(config: ir.MeshConfig) -> dict[str, ServiceView]:
                               tuple(config.service(k) for k in group[1]), tuple(_shape(config, d) for d in called)),
                              tuple((d.key, d.endpoints) for d in called))
         plaintext = _plaintext(service, deployments.get(service.key, ()))
-        inbound = (service, config.caller_addresses(service) if plaintext else None)
+        inbound = (_inbound_shape(config, service), config.caller_addresses(service) if plaintext else None)
         views[service.key] = (group, shared[group][0], inbound, shared[group][1])
     return views
 
@@ -482,6 +483,14 @@ def _shape(config: ir.MeshConfig, deployment: ir.Deployment) -> ir.Deployment:
     """A deployment without its endpoints (what shapes its callers' and its own configuration), made once
     per configuration: the views and every proxy's inputs compare it each round."""
     return config.memo(("deployment shape", deployment.key), deployment.shape)
+
+
+def _inbound_shape(config: ir.MeshConfig, service: ir.Service) -> ir.Service:
+    """The service as its own proxies' inbound listeners read it: without hosts and ports (routes). Those
+    shape what its callers send; its proxies listen on their deployment's ports. So a route change (a
+    destination's first ready endpoint flips its route, at 2,000 proxies starting together for every
+    service) does not re-translate the service's own inbound listeners."""
+    return config.memo(("inbound shape", service.key), lambda: replace(service, hosts=(), ports=()))
 
 
 def _plaintext(service: ir.Service, deployments: Iterable[ir.Deployment]) -> bool:

@@ -120,12 +120,16 @@ def test_only_workloads_whose_inputs_changed_are_rendered_again(tmp_path: Path) 
     asyncio.run(scenario())
 
 
-def test_an_edit_in_the_directory_reaches_every_workload_of_the_mesh(tmp_path: Path) -> None:
+def test_an_edit_in_the_directory_reaches_the_workloads_that_route_by_it(tmp_path: Path) -> None:
+    """Only the gateway may call reviews: a route change reaches it. Reviews' own proxies do not read their
+    service's routes (they listen on their deployment's ports), so they are not rendered again."""
     write_canary(tmp_path)
     ctl, recorder = controller(tmp_path)
 
     async def scenario() -> None:
         await connect_both(ctl)
+        ctl.connect(ir.Workload("gateway-a", "", "127.0.0.30", gateway="shop/shop-gw"))
+        await ctl.reconcile()
         recorder.published.clear()
         docs = data.manifests("canary")
         table = next(d for d in docs if d["kind"] == "VirtualServiceRouteTable")
@@ -134,7 +138,7 @@ def test_an_edit_in_the_directory_reaches_every_workload_of_the_mesh(tmp_path: P
             destination["weight"] = weight
         write(tmp_path / "VirtualServiceRouteTable-reviews-canary.yaml", table)
         await ctl.reconcile()
-        assert sorted(n for n, _ in recorder.published) == ["reviews-v1-a", "reviews-v2-a"]
+        assert sorted(n for n, _ in recorder.published) == ["gateway-a"]
         backends = next(r for r in recorder.published[0][1] if r[0] == "shop/reviews")[2]
         assert backends == (ir.Backend("shop/reviews-v2", 9080, 100),)
 
@@ -262,14 +266,15 @@ def _client_mesh(folder: Path) -> None:
     write(folder / "AccessPolicy-shop-policy.yaml", policy)
 
 
-def test_a_route_change_keeps_the_inbound_view_of_the_callers_but_not_of_the_changed_service(tmp_path: Path) -> None:
+def test_a_route_change_keeps_every_inbound_view_and_a_mode_change_does_not(tmp_path: Path) -> None:
     """The client's outbound part changes with reviews' routes; its inbound listeners do not, so its inbound
-    view stays equal (the renderer keeps them). Reviews' own service changed: its proxies' view does not."""
+    view stays equal (the renderer keeps them). Reviews' proxies' inbound listeners do not read its routes
+    either; its mTLS mode they do."""
     _client_mesh(tmp_path)
     ctl, _ = controller(tmp_path)
     client = ir.Workload("client-a", "shop/client-v1", "127.0.0.21")
 
-    async def scenario() -> tuple[bool, bool, bool]:
+    async def scenario() -> tuple[bool, bool, bool, bool]:
         for workload in (V1, V2, client):
             ctl.connect(workload)
         await ctl.reconcile()
@@ -279,10 +284,15 @@ def test_a_route_change_keeps_the_inbound_view_of_the_callers_but_not_of_the_cha
         table["spec"]["routeRules"][0]["httpRoute"]["destinations"][1]["weight"] = 40
         write(tmp_path / "VirtualServiceRouteTable-reviews-canary.yaml", table)
         await ctl.reconcile()
-        return (ctl.inbound_view(client) == before[0], ctl.inbound_view(V1) == before[1],
-                ctl.outbound_view(client) is before[2])
+        after = (ctl.inbound_view(client) == before[0], ctl.inbound_view(V1) == before[1],
+                 ctl.outbound_view(client) is before[2])
+        reviews = next(d for d in data.manifests("canary") if d["kind"] == "VirtualService")
+        reviews["spec"]["mtls"] = {"mode": "PERMISSIVE"}
+        write(tmp_path / "VirtualService-reviews.yaml", reviews)
+        await ctl.reconcile()
+        return (*after, ctl.inbound_view(V1) == before[1])
 
-    assert asyncio.run(scenario()) == (True, False, False)
+    assert asyncio.run(scenario()) == (True, True, False, False)
     assert ctl.inbound_view(ir.Workload("ghost", "shop/ghost-v1", "127.0.0.99")) is None
 
 
@@ -313,8 +323,9 @@ def test_a_new_caller_workload_re_renders_a_plaintext_destination_but_not_a_stri
 
 
 def test_a_change_re_renders_the_changed_service_and_its_callers_only(tmp_path: Path) -> None:
-    """client may call reviews; nobody calls ratings. Editing reviews' route table re-renders reviews' and
-    client's proxies, not ratings'; a ratings edit re-renders only ratings'."""
+    """client may call reviews; nobody calls ratings. Editing reviews' route table re-renders client's
+    proxies (not reviews' own: their inbound listeners do not read routes, and they do not call reviews);
+    a ratings host edit re-renders nobody (nobody calls it); its mTLS mode, only ratings' proxies."""
     _client_mesh(tmp_path)
     ctl, recorder = controller(tmp_path)
     client = ir.Workload("client-a", "shop/client-v1", "127.0.0.21")
@@ -325,20 +336,22 @@ def test_a_change_re_renders_the_changed_service_and_its_callers_only(tmp_path: 
             ctl.connect(workload)
         await ctl.reconcile()
         rounds = []
-        for change in ("reviews", "ratings"):
+        for change in ("reviews", "ratings host", "ratings mode"):
             recorder.published.clear()
             if change == "reviews":
-                write_canary(tmp_path, destinations=[
-                    {"virtualDeployment": {"ref": {"name": "reviews-v1"}}, "weight": 50, "port": 9080},
-                    {"virtualDeployment": {"ref": {"name": "reviews-v2"}}, "weight": 50, "port": 9080}])
+                table = next(d for d in data.manifests("canary") if d["kind"] == "VirtualServiceRouteTable")
+                table["spec"]["routeRules"][0]["httpRoute"]["destinations"][0]["weight"] = 50
+                write(tmp_path / "VirtualServiceRouteTable-reviews-canary.yaml", table)
             else:
                 docs = _service("ratings", host="ratings-new.shop")
+                if change == "ratings mode":
+                    docs[0]["spec"]["mtls"] = {"mode": "STRICT"}  # type: ignore[index]
                 write(tmp_path / "VirtualService-ratings.yaml", docs[0])
             await ctl.reconcile()
             rounds.append(sorted(n for n, _ in recorder.published))
         return rounds
 
-    assert asyncio.run(scenario()) == [["client-a", "reviews-v1-a", "reviews-v2-a"], ["ratings-a"]]
+    assert asyncio.run(scenario()) == [["client-a"], [], ["ratings-a"]]
 
 
 def test_an_ack_recomputes_statuses_without_building_or_rendering(tmp_path: Path) -> None:

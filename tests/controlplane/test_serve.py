@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from envoy.config.core.v3 import base_pb2
 
 from meshplane.controlplane import ir, serve
@@ -20,8 +22,9 @@ from meshplane.controlplane.serve import Renderer, data_plane_state, workload_fr
 from meshplane.xds import names, translate
 from meshplane.xds.resources import TypeUrl
 from meshplane.xds.server import StreamRefusedError, TypeSync
-from tests.controlplane.test_configdir import write_canary
-from tests.controlplane.test_reconcile import V1, V2, _client_mesh
+from tests import data
+from tests.controlplane.test_configdir import write, write_canary
+from tests.controlplane.test_reconcile import V1, V2, _client_mesh, _service
 
 
 def node(metadata: dict[str, Any]) -> Any:
@@ -181,6 +184,74 @@ def test_an_unchanged_inbound_view_keeps_the_inbound_listeners_and_renders_what_
     view[0] = object()
     renderer(config, V1)
     assert translated == [V1.node_id, V1.node_id], "another view translates them again"
+
+
+def test_a_proxys_certificate_secret_is_serialised_once_until_it_is_issued_anew(tmp_path: Path) -> None:
+    source, credentials, renderer = client_mesh_renderer(tmp_path)
+    client = ir.Workload("client-a", "shop/client-v1", "127.0.0.21")
+
+    def secrets(workloads: list[ir.Workload]) -> Any:
+        return renderer(build(source.world, workloads)[0], V1).items(names.SECRET_TYPE)
+
+    first = secrets([V1, V2])
+    second = secrets([V1, V2, client])  # another configuration, the same credentials
+    assert first and all(second[name] is resource for name, resource in first.items())
+    credentials.keep_only(set())  # the next render issues V1 a new certificate
+    third = secrets([V1, V2])
+    assert third[names.WORKLOAD_SECRET].body != first[names.WORKLOAD_SECRET].body
+    assert [n for n, r in third.items() if r is first[n]] == [n for n in first if n != names.WORKLOAD_SECRET]
+
+
+def test_what_a_round_leaves_published_is_what_a_fresh_renderer_gives_every_proxy(tmp_path: Path) -> None:
+    """Whatever a round skips (inputs, views, kept parts), each proxy's published snapshot is, version for
+    version, what a renderer without memory makes of the new configuration: after routes, hosts, modes,
+    callers and workloads change."""
+    (tmp_path / "config").mkdir()
+    _client_mesh(tmp_path / "config")
+    plane = serve.ControlPlane(serve.Options(tmp_path / "config", tmp_path / "state"))
+    client = ir.Workload("client-a", "shop/client-v1", "127.0.0.21")
+    ratings = ir.Workload("ratings-a", "shop/ratings-v1", "127.0.0.22", app_ports=((8080, 18080),))
+    newcomer = ir.Workload("reviews-v1-b", "shop/reviews-v1", "127.0.0.13", app_ports=((9080, 19080),))
+    table = next(d for d in data.manifests("canary") if d["kind"] == "VirtualServiceRouteTable")
+    reviews = next(d for d in data.manifests("canary") if d["kind"] == "VirtualService")
+    [ratings_service, _] = _service("ratings", host="ratings-new.shop")
+
+    def weights() -> None:
+        table["spec"]["routeRules"][0]["httpRoute"]["destinations"][0]["weight"] = 50
+        write(tmp_path / "config" / "VirtualServiceRouteTable-reviews-canary.yaml", table)
+
+    def mode(doc: dict[str, Any], name: str, value: str) -> Callable[[], None]:
+        def change() -> None:
+            doc["spec"]["mtls"] = {"mode": value}
+            write(tmp_path / "config" / f"VirtualService-{name}.yaml", doc)
+        return change
+
+    def callers() -> None:  # client may call ratings too: ratings' inbound RBAC, client's outbound
+        policy = yaml.safe_load((tmp_path / "config" / "AccessPolicy-shop-policy.yaml").read_text())
+        policy["spec"]["rules"].append({"action": "ALLOW", "source": {"virtualService": {"ref": {"name": "client"}}},
+                                        "destination": {"virtualService": {"ref": {"name": "ratings"}}}})
+        write(tmp_path / "config" / "AccessPolicy-shop-policy.yaml", policy)
+
+    changes: list[Callable[[], None]] = [
+        weights, lambda: write(tmp_path / "config" / "VirtualService-ratings.yaml", ratings_service),
+        mode(ratings_service, "ratings", "STRICT"), callers, mode(reviews, "reviews", "PERMISSIVE"),
+        lambda: plane.controller.connect(newcomer), lambda: plane.controller.configured(newcomer.node_id)]
+
+    async def scenario() -> list[list[str]]:
+        await plane.controller.reconcile()
+        for workload in (V1, V2, client, ratings):
+            plane.controller.connect(workload)
+            plane.controller.configured(workload.node_id)
+        differing = []
+        for change in [lambda: None, *changes]:
+            change()
+            await plane.controller.reconcile(statuses=False)
+            fresh = Renderer(plane.credentials)
+            differing.append([w.node_id for w in plane.controller.workloads.values() if (published := plane.cache.get(
+                w.node_id)) is None or published.versions() != fresh(plane.controller.config, w).versions()])
+        return differing
+
+    assert asyncio.run(scenario()) == [[]] * (len(changes) + 1)
 
 
 def test_the_serving_process_freezes_its_startup_heap_and_collects_old_generations_rarely() -> None:
