@@ -16,6 +16,12 @@ stream only when a type's content version changes. Contracts and the traps they 
   ``version_info`` still says what the proxy runs, which ends older responses' time in flight. Delta:
   every response is ACKed on its own, so any nonce still pending is answered; an unknown nonce's
   ACK/NACK is ignored, but its subscribe/unsubscribe lists are always applied (they are diffs).
+* **Flow control** (SotW). One response of a type is in flight: a version published while the last one
+  is unanswered waits for its ACK or NACK, and then the latest goes (versions in between never do), as
+  go-control-plane's SotW server does by answering requests only. A slow proxy parses one version, not a
+  queue of them: at 200 proxies that may call 1,000 services, every round re-sent each of them a route
+  configuration of 1,000 virtual hosts while they were still parsing the last. Forced sends (children
+  after parents, a grown subscription) go at once. Delta is not held: its responses are diffs.
 * **NACK** = the latest nonce with ``error_detail``: logged, counted per (node, type), passed to
   ``on_nack``, shown in :meth:`AggregatedDiscovery.sync_state`, and the rejected content is parked: it
   is never sent again on that stream (not even as a forced child re-send). The next snapshot that
@@ -389,6 +395,7 @@ class _Stream:
         self.done = asyncio.Event()
         self._changed: set[TypeUrl] = set()
         self._waiting_on_cds: set[TypeUrl] = set()
+        self._waiting_on_answer: set[TypeUrl] = set()  # SotW flow control: sent once the one in flight is answered
         self._inbox: asyncio.Queue[object] = asyncio.Queue(maxsize=_INBOX_SIZE)
         self._nonces = itertools.count(1)
         self._closing = False
@@ -491,8 +498,8 @@ class _Stream:
         self._wake()
 
     def pending(self) -> set[TypeUrl]:
-        """The types a cache change marked for a push this stream has not made yet."""
-        return self.dirty | self._changed
+        """The types a cache change marked for a push this stream has not made yet (held ones included)."""
+        return self.dirty | self._changed | self._waiting_on_cds | self._waiting_on_answer
 
     def _absorb_changes(self) -> None:
         if self._changed:
@@ -559,8 +566,12 @@ class _Stream:
         return True
 
     def _after_answer(self, type_url: TypeUrl) -> None:
-        """An ACK/NACK may release gated LDS/RDS (CDS answered) or let kept clusters go (LDS/RDS answered)."""
+        """An ACK/NACK may release gated LDS/RDS (CDS answered) or let kept clusters go (LDS/RDS answered),
+        and releases a newer version of its own type held by flow control."""
         self._generation += 1
+        if type_url in self._waiting_on_answer:
+            self._waiting_on_answer.discard(type_url)
+            self._mark(type_url)
         if type_url is TypeUrl.CLUSTER:
             for waiting in self._waiting_on_cds:
                 self._mark(waiting)
@@ -666,6 +677,9 @@ class _SotwStream(_Stream):
         return state.acked
 
     async def _push_type(self, state: _TypeState, snapshot: Snapshot) -> None:
+        if state.pending and not state.force:  # flow control: one response of a type in flight
+            self._waiting_on_answer.add(state.type_url)
+            return
         resources, version = self._select(state, snapshot)
         if version == state.sync.sent and not state.force:
             return

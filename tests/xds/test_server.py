@@ -353,6 +353,30 @@ async def test_a_published_change_is_stale_until_pushed_and_acknowledged() -> No
         await eventually(lambda: server.ads.sync_state(NODE)[CDS].status == "SYNCED", what="the ACK")
 
 
+async def test_a_newer_version_waits_for_the_answer_to_the_one_in_flight_and_only_the_latest_goes() -> None:
+    """SotW flow control: one response of a type in flight. Versions published meanwhile are not queued on
+    the stream; once the proxy answers, it gets the latest (a slow proxy parses one, not every one)."""
+    cache = SnapshotCache()
+    cache.set(NODE, mesh("a"))
+    async with ads(cache) as (server, port), client(port) as proxy:
+        await proxy.handshake()
+        cache.set(NODE, mesh("a", timeout_ms=2000))
+        first = await proxy.recv(CDS)
+        await proxy.recv(EDS)  # children after parents: forced, in flight or not
+        for timeout_ms in (3000, 4000):
+            cache.set(NODE, mesh("a", timeout_ms=timeout_ms))
+        await proxy.quiet()
+        assert server.ads.sync_state(NODE)[CDS].status == "STALE", "published, held: not SYNCED"
+        await proxy.ack(first)
+        latest = await proxy.recv(CDS)
+        [packed] = latest.resources
+        sent = cluster_pb2.Cluster()
+        packed.Unpack(sent)
+        assert sent.connect_timeout.ToMilliseconds() == 4000 and latest.version_info != first.version_info
+        await proxy.ack(latest)
+        await eventually(lambda: server.ads.sync_state(NODE)[CDS].status == "SYNCED", what="the ACK")
+
+
 async def test_a_rejected_eds_version_is_not_resent_even_after_a_cds_response() -> None:
     cache = SnapshotCache()
     cache.set(NODE, mesh("a"))
