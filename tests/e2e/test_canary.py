@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,16 @@ def start(m: Mesh, versions: tuple[str, ...] = ("v1", "v2"), *, expect: int = 20
     return url
 
 
+def load_during(action: Callable[[], None], url: str, *, count: int, rate: float, seconds: float) -> Results:
+    """Requests at ``rate`` (32 at a time) while ``action`` runs in a thread; joined before returning."""
+    worker = threading.Thread(target=action)
+    worker.start()
+    try:
+        return load(url, HOST, count=count, rate=rate, concurrency=32, seconds=seconds)
+    finally:
+        worker.join()
+
+
 def share(results: Results, name: str) -> float:
     return results.names.count(name) / max(1, len(results.names))
 
@@ -104,11 +115,8 @@ def test_shifting_all_traffic_to_v2_under_load_drops_no_request(tmp_path: Path) 
             m.write("mesh.yaml", [*base(), table({"v1": 0, "v2": 100})])
             edited["at"] = time.monotonic()
 
-        editor = threading.Thread(target=edit)
         started = time.monotonic()
-        editor.start()
-        results = load(url, HOST, count=1200, rate=150, concurrency=32, seconds=15)
-        editor.join()
+        results = load_during(edit, url, count=1200, rate=150, seconds=15)
         assert results.failed == 0, (results.statuses, results.errors[:3])
         assert len(results.names) >= 1000, "the load ran at 150 requests/s"
         since_edit = edited["at"] - started
@@ -126,10 +134,7 @@ def test_adding_a_third_version_at_10_percent_causes_no_503(tmp_path: Path) -> N
             time.sleep(1.5)
             m.write("mesh.yaml", [*base(("v1", "v2", "v3")), table({"v1": 45, "v2": 45, "v3": 10})])
 
-        editor = threading.Thread(target=edit)
-        editor.start()
-        results = load(url, HOST, count=900, rate=120, concurrency=32, seconds=12)
-        editor.join()
+        results = load_during(edit, url, count=900, rate=120, seconds=12)
         assert results.failed == 0, (results.statuses, results.errors[:3])
         assert "reviews-v3" in results.names, "v3 got its share after the edit"
 
@@ -164,10 +169,7 @@ def test_a_workload_arriving_under_load_takes_traffic_only_once_its_proxy_is_rea
             m.start_app("reviews-v3", 13, APP_PORT)
             m.start_sidecar("reviews-v3", "shop/reviews-v3", 13, {PORT: APP_PORT}, wait=False)
 
-        starter = threading.Thread(target=arrive)
-        starter.start()
-        results = load(url, HOST, count=1200, rate=120, concurrency=32, seconds=15)
-        starter.join()
+        results = load_during(arrive, url, count=1200, rate=120, seconds=15)
         assert results.failed == 0, (results.statuses, results.errors[:3])
         assert "reviews-v3" in results.names, "v3 got its share once its proxy was ready"
 
