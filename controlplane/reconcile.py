@@ -268,6 +268,9 @@ class Controller(Generic[T]):
             self.after_round(self.config)
         self.rounds += 1
         self.last_round_seconds = time.perf_counter() - started
+        log.debug("round %d: %.3f s (build %.3f s, render %.3f s); %d rendered, %d given endpoints only; "
+                  "%d workloads, %d starting", self.rounds, self.last_round_seconds, self.build_seconds,
+                  self.render_seconds, self.rendered, self.patched, len(self.workloads), len(self.starting))
 
     def _sync(self) -> bool:
         """Sync the source; if it refused an edit or holds a deletion, bring statuses up to date at once (not

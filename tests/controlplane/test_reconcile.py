@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 
@@ -474,6 +475,22 @@ def test_a_starting_workload_is_a_caller_already(tmp_path: Path) -> None:
     assert was is not None and now is not None
     assert (was.endpoints, was.starting, now.endpoints, now.starting) == ((), ("127.0.0.21",), ("127.0.0.21",), ())
     assert was.shape() == now.shape()
+
+
+def test_each_round_is_logged_at_debug_with_what_it_did(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_canary(tmp_path)
+    ctl, _ = controller(tmp_path)
+    caplog.set_level(logging.DEBUG, logger="meshplane.controlplane.reconcile")
+
+    async def scenario() -> None:
+        arrive(ctl, V1)
+        ctl.connect(V2)
+        await ctl.reconcile()
+
+    asyncio.run(scenario())
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("round ")]
+    assert line.startswith("round 1: ")
+    assert line.endswith("; 2 rendered, 0 given endpoints only; 2 workloads, 1 starting")
 
 
 def test_only_a_new_or_changed_sidecar_is_starting(tmp_path: Path) -> None:
