@@ -389,8 +389,8 @@ class Controller(Generic[T]):
     def inbound_view(self, workload: ir.Workload) -> object | None:
         """What a sidecar's inbound listeners are made of, as a value compared by ``==`` (None for a gateway,
         an unknown deployment, or transparent capture, whose listeners are not split in two): the workload,
-        its deployment's shape and the version of its service's inbound view (the service and, when some
-        chain is plaintext, its callers' addresses). Unchanged, the renderer may keep those listeners."""
+        its deployment's shape and the version of its service's inbound view (its inbound shape and, when
+        some chain is plaintext, its callers' addresses). Unchanged, the renderer may keep those listeners."""
         if workload.gateway is not None or workload.capture is not ir.Capture.EXPLICIT:
             return None
         deployment = self.config.deployment(workload.deployment)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from google.protobuf import any_pb2, json_format
 
@@ -79,6 +79,29 @@ class Options:
     stream_burst: int = 1000
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Kept(Generic[K, V]):
+    """Values kept for the configuration in use and the one before it (:meth:`turn` starts a new one):
+    what a configuration did not use is dropped at the next turn, so nothing outlives two unused."""
+
+    def __init__(self) -> None:
+        self._now: dict[K, V] = {}
+        self._before: dict[K, V] = {}
+
+    def get(self, key: K) -> V | None:
+        found = self._now.get(key)
+        return self._before.get(key) if found is None else found
+
+    def __setitem__(self, key: K, value: V) -> None:
+        self._now[key] = value
+
+    def turn(self) -> None:
+        self._before, self._now = self._now, {}
+
+
 class Renderer:
     """Per-proxy snapshots, with the secrets their resources name.
 
@@ -97,17 +120,14 @@ class Renderer:
         self.kube_secrets = kube_secrets
         self.outbound_view: Callable[[ir.Workload], object | None] | None = None
         self.inbound_view: Callable[[ir.Workload], object | None] | None = None
-        self._inbound: dict[str, tuple[object, list[Resource]]] = {}  # node id → its view, its inbound part
-        self._inbound_before: dict[str, tuple[object, list[Resource]]] = {}  # the same, last configuration
-        self._secret: dict[tuple[str, str], tuple[object, Resource]] = {}  # (node or mesh, name) → source, it
-        self._secret_before: dict[tuple[str, str], tuple[object, Resource]] = {}  # the same, last configuration
+        self._inbound: _Kept[str, tuple[object, list[Resource]]] = _Kept()  # node id → its view, inbound part
+        self._secret: _Kept[tuple[str, str], tuple[object, Resource]] = _Kept()  # (node or mesh, name) → source, it
         self._config: ir.MeshConfig | None = None
         self._shared: dict[tuple[str, str], Snapshot] = {}  # (mesh, identity) → its outbound part, this build
         self._kept: dict[tuple[str, str], tuple[object, Snapshot]] = {}  # across builds, by view
         self._bases: dict[int, tuple[tuple[Built, ...], Snapshot]] = {}  # id(translated part) → it, as a snapshot
         self._swapped: dict[int, tuple[Snapshot, Snapshot | None]] = {}  # id(old part) → it, new endpoints
-        self._serialised: dict[int, tuple[Any, Resource]] = {}  # id(message) → (message, its resource)
-        self._serialised_before: dict[int, tuple[Any, Resource]] = {}  # the same, for the last configuration
+        self._serialised: _Kept[int, tuple[Any, Resource]] = _Kept()  # id(message) → (message, its resource)
 
     def __call__(self, config: ir.MeshConfig, workload: ir.Workload) -> Snapshot:
         self._use(config)
@@ -129,7 +149,7 @@ class Renderer:
         view = self.inbound_view(workload) if self.inbound_view is not None else None
         if view is None:
             return [Resource.of(b.message, b.refs) for b in translate_proxy(config, workload, self.resolvers)]
-        held = self._inbound.get(workload.node_id) or self._inbound_before.get(workload.node_id)
+        held = self._inbound.get(workload.node_id)
         if held is None or held[0] != view:
             held = (view, [Resource.of(b.message, b.refs) for b in translate_inbound(config, workload)])
         self._inbound[workload.node_id] = held
@@ -188,10 +208,10 @@ class Renderer:
     def _use(self, config: ir.MeshConfig) -> None:
         """What was shared belongs to one configuration: a new one starts afresh."""
         if config is not self._config:
-            self._serialised_before = self._serialised  # messages translation carried over (MeshConfig.lasting)
-            self._inbound_before, self._inbound = self._inbound, {}
-            self._secret_before, self._secret = self._secret, {}
-            self._config, self._shared, self._serialised = config, {}, {}
+            # serialised messages are kept too: translation carries messages over (MeshConfig.lasting)
+            for kept in (self._serialised, self._inbound, self._secret):
+                kept.turn()
+            self._config, self._shared = config, {}
             self._bases, self._swapped = {}, {}
 
     def _resource(self, built: Built) -> Resource:
@@ -199,11 +219,9 @@ class Renderer:
         cluster and load assignment once per build, and an identical outbound part once for identities that
         may call the same services); the message is held here so its id stays its own."""
         held = self._serialised.get(id(built.message))
-        if held is None:
-            held = self._serialised_before.get(id(built.message))
-            if held is None or held[0] is not built.message:
-                held = (built.message, Resource.of(built.message, built.refs))
-            self._serialised[id(built.message)] = held
+        if held is None or held[0] is not built.message:
+            held = (built.message, Resource.of(built.message, built.refs))
+        self._serialised[id(built.message)] = held
         return held[1]
 
     def _gateway(self, config: ir.MeshConfig, workload: ir.Workload) -> Snapshot:
@@ -238,7 +256,7 @@ class Renderer:
         """A secret serialised once while its source stays: the proxy's credentials (the same object until
         renewed) or the mesh's trust bundle (equal bytes). A full render of 2,000 proxies built and
         serialised 4,000 secrets anew, 0.6 s."""
-        held = self._secret.get(key) or self._secret_before.get(key)
+        held = self._secret.get(key)
         if held is None or not (held[0] is source or held[0] == source):
             held = (source, Resource.of(build_message()))
         self._secret[key] = held

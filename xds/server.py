@@ -394,8 +394,9 @@ class _Stream:
         self.dirty: set[TypeUrl] = set()
         self.done = asyncio.Event()
         self._changed: set[TypeUrl] = set()
-        self._waiting_on_cds: set[TypeUrl] = set()
-        self._waiting_on_answer: set[TypeUrl] = set()  # SotW flow control: sent once the one in flight is answered
+        # held type → the type whose answer releases it: LDS/RDS gated on CDS, or (SotW flow control) a
+        # type whose response in flight must be answered first
+        self._held: dict[TypeUrl, TypeUrl] = {}
         self._inbox: asyncio.Queue[object] = asyncio.Queue(maxsize=_INBOX_SIZE)
         self._nonces = itertools.count(1)
         self._closing = False
@@ -499,7 +500,7 @@ class _Stream:
 
     def pending(self) -> set[TypeUrl]:
         """The types a cache change marked for a push this stream has not made yet (held ones included)."""
-        return self.dirty | self._changed | self._waiting_on_cds | self._waiting_on_answer
+        return self.dirty | self._changed | self._held.keys()
 
     def _absorb_changes(self) -> None:
         if self._changed:
@@ -562,21 +563,17 @@ class _Stream:
             return False
         if clusters_named(outgoing) <= cds.acked.keys():
             return False
-        self._waiting_on_cds.add(type_url)
+        self._held[type_url] = TypeUrl.CLUSTER
         return True
 
     def _after_answer(self, type_url: TypeUrl) -> None:
         """An ACK/NACK may release gated LDS/RDS (CDS answered) or let kept clusters go (LDS/RDS answered),
         and releases a newer version of its own type held by flow control."""
         self._generation += 1
-        if type_url in self._waiting_on_answer:
-            self._waiting_on_answer.discard(type_url)
-            self._mark(type_url)
-        if type_url is TypeUrl.CLUSTER:
-            for waiting in self._waiting_on_cds:
-                self._mark(waiting)
-            self._waiting_on_cds.clear()
-        elif type_url in (TypeUrl.LISTENER, TypeUrl.ROUTE) and any(self._retained.values()):
+        for held in [held for held, until in self._held.items() if until is type_url]:
+            del self._held[held]
+            self._mark(held)  # pushed again: it is held again if it still has to wait
+        if type_url in (TypeUrl.LISTENER, TypeUrl.ROUTE) and any(self._retained.values()):
             for kept in RETAINABLE:
                 self._mark(kept)
 
@@ -678,7 +675,7 @@ class _SotwStream(_Stream):
 
     async def _push_type(self, state: _TypeState, snapshot: Snapshot) -> None:
         if state.pending and not state.force:  # flow control: one response of a type in flight
-            self._waiting_on_answer.add(state.type_url)
+            self._held[state.type_url] = state.type_url
             return
         resources, version = self._select(state, snapshot)
         if version == state.sync.sent and not state.force:
