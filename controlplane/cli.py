@@ -125,7 +125,11 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument("--quiet-ms", type=int, default=100, help="rebuild after changes stop for this long (100)")
     serve.add_argument("--max-delay-ms", type=int, default=1000, help="rebuild at most this long after a change")
     serve.add_argument("--poll-ms", type=int, default=100,
-                       help="look for changed files under --config-dir this often (default 100)")
+                       help="look for changed files under --config-dir at least this often; inotify, where the "
+                            "kernel has it, tells at once (default 100)")
+    serve.add_argument("--grace-ms", type=int, default=2000,
+                       help="a disconnected proxy's workload stays an endpoint this long, so a reconnect keeps it "
+                            "(default 2000)")
     serve.add_argument("--cert-ttl", type=float, default=86400, metavar="SECONDS",
                        help="lifetime of workload certificates, renewed at 2/3 of it (default 86400 = 24 h)")
     serve.add_argument("--egress-dns", action="append", default=[], metavar="HOST:PORT",
@@ -252,7 +256,7 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from meshplane.controlplane.reconcile import Timing
 
     logs.configure(fmt=args.log_format, level=args.log_level, stream=err)
-    timing = Timing(quiet=args.quiet_ms / 1000, max_delay=args.max_delay_ms / 1000)
+    timing = Timing(quiet=args.quiet_ms / 1000, max_delay=args.max_delay_ms / 1000, grace=args.grace_ms / 1000)
     try:
         resolvers = tuple(sidecar.parse_address(value, "--egress-dns") for value in args.egress_dns)
     except sidecar.BootstrapError as exc:

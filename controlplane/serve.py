@@ -38,6 +38,7 @@ from meshplane.controlplane.metrics import Metrics
 from meshplane.controlplane.model import ConditionStatus, Kind, ObjectKey
 from meshplane.controlplane.reconcile import Controller, Timing
 from meshplane.controlplane.status import DataPlaneState
+from meshplane.controlplane.watch import DirectoryWatch
 from meshplane.controlplane.world import KubeSecret, resolve
 from meshplane.injector import inject, webhook
 from meshplane.xds import names
@@ -394,11 +395,13 @@ class ControlPlane:
     # ------------------------------------------------------------------------------ wiring
 
     async def _poll(self) -> None:
-        """Watch the config directory: a changed file pokes the controller."""
-        while True:
-            await asyncio.sleep(self.options.poll_seconds)
-            if self.source.changed():
-                self.controller.poke()
+        """Watch the config directory: a changed file pokes the controller. inotify ends each wait at once
+        (:class:`DirectoryWatch`); the poll interval bounds it where inotify sees nothing."""
+        with DirectoryWatch(self.options.config_dir) as watch:
+            while True:
+                await watch.wait(self.options.poll_seconds)
+                if self.source.changed():
+                    self.controller.poke()
 
     async def _renewals(self) -> None:
         """Wake when the next certificate is due, or every second to notice replaced CA files, and re-render
@@ -451,9 +454,10 @@ class ControlPlane:
 
     def _open(self, stream_id: int, node: Any) -> None:
         workload = workload_from_node(node)
-        xdsauth.check_peer(current_peer(), workload, self.options.state_dir)
+        peer = current_peer()
+        xdsauth.check_peer(peer, workload, self.options.state_dir)
         self._streams[stream_id] = workload.node_id
-        self.controller.connect(workload)
+        self.controller.connect(workload, fresh=peer is not None and not peer.resumes)
 
     def _close(self, stream_id: int, node: Any) -> None:
         node_id = self._streams.pop(stream_id, None)

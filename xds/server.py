@@ -171,10 +171,13 @@ async def _notify(hook: Callable[..., Awaitable[None] | None] | None, *args: obj
 
 @dataclass(frozen=True)
 class Peer:
-    """Who opened a stream: gRPC peer address and TLS auth context (empty in plaintext)."""
+    """Who opened a stream: gRPC peer address and TLS auth context (empty in plaintext); and whether its first
+    request says it holds configuration already (``resumes``: a SotW ``version_info``, or Delta
+    ``initial_resource_versions``), as a proxy reconnecting does and a proxy just started does not."""
 
     address: str
     auth: Mapping[str, tuple[bytes, ...]]
+    resumes: bool = False
 
 
 _current_peer: contextvars.ContextVar[Peer | None] = contextvars.ContextVar("meshplane_xds_peer", default=None)
@@ -440,19 +443,20 @@ class _Stream:
                 await asyncio.sleep(wait)
         if not first.HasField("node") or not first.node.id:
             await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first xDS request must carry node.id")
-        refusal = await self._ask_admission(first.node)
+        refusal = await self._ask_admission(first)
         if refusal is not None:
             log.warning("stream %d from %s refused: %s", self.id, first.node.id, refusal.message)
             await self.context.abort(refusal.code, refusal.message)
         self.node, self.node_id = first.node, first.node.id
         self.ads._by_node.setdefault(self.node_id, {})[self.id] = self
 
-    async def _ask_admission(self, node: Node) -> Refusal | None:
+    async def _ask_admission(self, first: Any) -> Refusal | None:
         hook = self.ads.callbacks.on_stream_open
         if hook is None:
             return None
+        node = first.node
         auth = {key: tuple(values) for key, values in self.context.auth_context().items()}
-        token = _current_peer.set(Peer(self.context.peer(), auth))
+        token = _current_peer.set(Peer(self.context.peer(), auth, self._resumes(first)))
         try:
             return await _resolve(hook(self.id, node))
         except StreamRefusedError as refused:
@@ -507,6 +511,11 @@ class _Stream:
             self.dirty |= self._changed
             self._changed.clear()
             self._generation += 1
+
+    @staticmethod
+    def _resumes(first: Any) -> bool:
+        """Whether the first request says the proxy holds configuration already (:attr:`Peer.resumes`)."""
+        raise NotImplementedError
 
     # -- shared protocol logic -------------------------------------------------------------------
 
@@ -610,6 +619,10 @@ class _SotwStream(_Stream):
     """State of the World: every response carries the full subscribed set of its type."""
 
     protocol = "SotW"
+
+    @staticmethod
+    def _resumes(first: Any) -> bool:
+        return bool(first.version_info)
 
     async def _handle(self, request: Any) -> None:
         type_url = self._type_of(request.type_url)
@@ -716,6 +729,10 @@ class _DeltaStream(_Stream):
     """
 
     protocol = "Delta"
+
+    @staticmethod
+    def _resumes(first: Any) -> bool:
+        return bool(first.initial_resource_versions)
 
     async def _handle(self, request: Any) -> None:
         type_url = self._type_of(request.type_url)

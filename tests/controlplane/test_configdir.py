@@ -8,7 +8,8 @@ from pathlib import Path
 import yaml
 
 from meshplane.controlplane.configdir import ConfigDir
-from meshplane.controlplane.model import Kind, ObjectKey
+from meshplane.controlplane.model import ConditionStatus, Kind, ObjectKey
+from meshplane.controlplane.status import DataPlaneState, compute_status
 from tests import data
 
 MESH = ObjectKey(Kind.MESH, "shop", "shop-mesh")
@@ -151,3 +152,24 @@ def test_an_unchanged_file_is_not_sorted_again_but_still_loses_to_an_earlier_def
     assert mesh_source.path.endswith("A-first.yaml")
     assert [f.source.path for f in loaded.findings if "defined twice" in f.problem.message] == [mesh_file]
 
+
+
+def test_retry_applies_what_the_last_read_refused_once_the_gate_opens(tmp_path: Path) -> None:
+    """An edit refused on a status (ServiceMeshActive Unknown) passes on :meth:`ConfigDir.retry` once the
+    statuses say so; retry reads no file, so an edit made since waits for the next sync."""
+    write_canary(tmp_path)
+    source = ConfigDir(tmp_path)
+    source.sync()
+    behind = {VSRT: DataPlaneState(ConditionStatus.UNKNOWN, "waiting for proxy x to acknowledge")}
+    source.set_status(compute_status(source.world, now="2026-01-01T00:00:00Z", data_plane=behind))
+    write_canary(tmp_path, path="/v2")
+    assert source.sync() is False and VSRT in source.rejected, "refused: the last change is being applied"
+    assert source.retry() is False and VSRT in source.rejected, "nothing moved: still refused"
+    source.set_status(compute_status(source.world, now="2026-01-01T00:00:00Z"))
+    write_canary(tmp_path, path="/v3")
+    assert source.retry() is True and source.rejected == {}
+    table = source.world.get(VSRT)
+    assert table is not None and table.spec.route_rules[0].http_route.path == "/v2"
+    assert source.sync() is True
+    table = source.world.get(VSRT)
+    assert table is not None and table.spec.route_rules[0].http_route.path == "/v3"

@@ -505,6 +505,33 @@ def test_only_a_new_or_changed_sidecar_is_starting(tmp_path: Path) -> None:
     assert ctl.starting == {V1.node_id, V2.node_id}, "a workload that changed starts again"
 
 
+def test_a_known_sidecar_whose_proxy_restarted_is_starting_until_configured_again(tmp_path: Path) -> None:
+    """Its Envoy restarted within the grace period: same workload, but its listeners are gone until it accepts
+    its configuration, so it is no endpoint meanwhile (a proxy that resumes stays one)."""
+    write_canary(tmp_path)
+    ctl, _ = controller(tmp_path)
+
+    async def scenario() -> list[tuple[str, ...]]:
+        seen = []
+        arrive(ctl, V2)
+        for fresh in (False, True):
+            ctl.disconnect(V2.node_id)
+            ctl.connect(V2, fresh=fresh)
+            await ctl.reconcile()
+            deployment = ctl.config.deployment("shop/reviews-v2")
+            assert deployment is not None
+            seen.append(deployment.endpoints)
+        ctl.configured(V2.node_id)
+        await ctl.reconcile()
+        deployment = ctl.config.deployment("shop/reviews-v2")
+        assert deployment is not None
+        return [*seen, deployment.endpoints]
+
+    assert asyncio.run(scenario()) == [("127.0.0.12",), (), ("127.0.0.12",)]
+    ctl.connect(ir.Workload("gateway-a", "", "127.0.0.30", gateway="shop/gateway"), fresh=True)
+    assert "gateway-a" not in ctl.starting, "a gateway is never starting"
+
+
 def test_a_build_reusing_the_access_policies_gives_what_a_fresh_build_gives(tmp_path: Path) -> None:
     """Workloads come and go, a route table changes: the memo's access resolution is reused; a policy
     changes: it is resolved again. Each time the result is the fresh build's, problems included."""
@@ -671,6 +698,40 @@ def test_an_edit_is_not_refused_on_statuses_that_lag_behind_the_acks(tmp_path: P
         return obj.spec.route_rules[0].http_route.path, len(ctl.source.rejected)
 
     assert asyncio.run(scenario()) == ("/v2", 0)
+
+
+def test_the_pass_that_lets_an_edit_through_covers_only_what_the_gate_reads(tmp_path: Path) -> None:
+    """The round brings up to date the statuses of the refused table and what it refers to, not every
+    object's: the ingress gateway's route table, whose proxies ACKed too, waits for the paced pass (0.8 s of
+    an edit's convergence at 5,000 objects)."""
+    ctl, said = gated(tmp_path, 10.0)
+    other = ObjectKey(Kind.INGRESS_GATEWAY_ROUTE_TABLE, "shop", "shop-gw-routes")
+
+    def active(key: ObjectKey) -> str:
+        obj = ctl.source.world.get(key)
+        assert obj is not None
+        return next(c.status.value for c in obj.status.conditions if c.type.value == "ServiceMeshActive")
+
+    async def scenario() -> tuple[object, str, str]:
+        await connect_both(ctl)
+        behind = DataPlaneState(ConditionStatus.UNKNOWN, "waiting for proxy reviews-v1-a to acknowledge")
+        said[TABLE] = said[other] = behind
+        ctl.update_status()
+        task = asyncio.create_task(ctl.run())
+        said[TABLE] = said[other] = DataPlaneState(ConditionStatus.TRUE, "")
+        ctl.poke_status()  # the ACKs: their status pass waits for status_every
+        await asyncio.sleep(0.1)
+        write_canary(tmp_path, path="/v2")
+        ctl.poke()
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        obj = ctl.source.world.get(TABLE)
+        assert obj is not None
+        return obj.spec.route_rules[0].http_route.path, active(TABLE), active(other)
+
+    assert asyncio.run(scenario()) == ("/v2", "True", "Unknown")
 
 
 def test_a_slow_round_spaces_out_the_next_one_but_the_first_is_not_held(tmp_path: Path) -> None:

@@ -42,6 +42,7 @@ from meshplane.controlplane.status import (
     is_ready,
     references,
     set_condition,
+    with_references,
 )
 from meshplane.controlplane.wire import FrozenMap
 from meshplane.controlplane.world import Index, object_id
@@ -544,3 +545,27 @@ def test_a_memo_reuses_unchanged_objects_and_always_agrees_with_a_fresh_pass() -
     gone = [deleting(o) if o.key == the_mesh.key else o for o in objects]
     step(gone)
     step(gone)
+
+
+def test_a_pass_over_some_objects_and_what_they_refer_to_gives_them_what_a_whole_pass_would() -> None:
+    """The update gates' pass (``only``): exact for the objects it covers, silent on the rest, in several
+    worlds (fresh, settled, a route table behind on the data plane, its mesh being deleted)."""
+    objects = canary()
+    table = next(o.key for o in objects if o.kind is Kind.VIRTUAL_SERVICE_ROUTE_TABLE)
+    closure = with_references(Index(objects), [table])
+    assert sorted(k.kind.value for k in closure) == ["Mesh", "VirtualDeployment", "VirtualDeployment",
+                                                     "VirtualService", "VirtualServiceRouteTable"]
+    settled = settle(objects, run(objects))
+    behind = {"data_plane": {table: DataPlaneState(ConditionStatus.UNKNOWN, "waiting for proxy x")}}
+    the_mesh = next(o.key for o in objects if o.kind is Kind.MESH)
+    worlds: list[tuple[list[AnyObject], dict[str, Any]]] = [
+        (objects, {}), (settled, {}), (settled, behind),
+        ([deleting(o) if o.key == the_mesh else o for o in settled], {})]
+    for world, kw in worlds:
+        whole = run(world, **kw)
+        for obj in world:
+            only = with_references(Index(world), [obj.key])
+            memo = StatusMemo()
+            part = compute_status(Index(world), now=T1, memo=memo, only=only, **kw)
+            assert part == {k: whole[k] for k in whole if k in only}, obj.key
+            assert set(memo.entries) <= only

@@ -200,6 +200,37 @@ def test_a_workload_whose_proxy_rejects_its_listeners_takes_no_traffic(tmp_path:
         assert proxy(m, "reviews-v3")["ready"] is True
 
 
+def test_a_sidecar_whose_envoy_restarts_is_no_endpoint_until_it_is_configured_again(tmp_path: Path) -> None:
+    """v3 is ready (weight 0, so nothing ever connected to it); its Envoy stops and a new one, same node id,
+    starts within the grace period but cannot bind its listener. The workload is the one the control plane
+    knows, but the new Envoy's first request holds no configuration: it is no endpoint, so giving v3 10 %
+    sends nothing where nothing listens (before: v3 stayed an endpoint and its share got 503s)."""
+    with mesh(tmp_path) as m:
+        docs = [*base(("v1", "v2", "v3"))]
+        m.write("mesh.yaml", [*docs, table({"v1": 50, "v2": 50, "v3": 0})])
+        m.start_control_plane("--grace-ms", "30000")
+        for i, version in enumerate(("v1", "v2", "v3")):
+            m.start_app(f"reviews-{version}", 11 + i, APP_PORT)
+            m.start_sidecar(f"reviews-{version}", f"shop/reviews-{version}", 11 + i, {PORT: APP_PORT})
+        m.start_sidecar("client", "shop/client", 10)
+        url = f"http://{m.address(10)}:15001"
+        m.wait_for(lambda: proxy(m, "reviews-v3")["ready"] and load(url, HOST, count=20, seconds=5).failed == 0,
+                   30, "the mesh to serve, v3 ready")
+        m.envoys["reviews-v3"].stop()
+        with socket.socket() as squatter:
+            squatter.bind((m.address(13), PORT))
+            m.start_sidecar("reviews-v3", "shop/reviews-v3", 13, {PORT: APP_PORT}, wait=False)
+            m.wait_for(lambda: lds_status(m, "reviews-v3") == "NACKED", 20, "v3's new proxy to reject its listeners")
+            assert proxy(m, "reviews-v3")["ready"] is False
+            routes = proxy(m, "client")["types"]["RDS"]["acked"]
+            m.write("mesh.yaml", [*docs, table({"v1": 45, "v2": 45, "v3": 10})])
+            m.wait_for(lambda: proxy(m, "client")["types"]["RDS"]["acked"] != routes, 10,
+                       "the client to accept the new weights")
+            results = load(url, HOST, count=400, concurrency=16, seconds=15)
+            assert results.failed == 0, (results.statuses, results.errors[:3])
+            assert set(results.names) == {"reviews-v1", "reviews-v2"}
+
+
 def proxy(m: Mesh, node: str) -> dict[str, Any]:
     """The node's entry in /debug/syncz."""
     found: dict[str, Any] = next(p for p in m.syncz()["proxies"] if p["node"] == node)

@@ -483,6 +483,29 @@ async def test_on_stream_open_can_refuse_a_proxy(how: str) -> None:
     assert peers[0] is not None and "127.0.0.1" in peers[0].address
 
 
+@pytest.mark.parametrize(("delta", "holds", "resumes"), [
+    (False, False, False), (False, True, True), (True, False, False), (True, True, True)],
+    ids=["sotw-fresh", "sotw-resuming", "delta-fresh", "delta-resuming"])
+async def test_the_peer_says_whether_the_proxy_resumes_with_configuration_it_holds(delta: bool, holds: bool,
+                                                                                   resumes: bool) -> None:
+    """A first request with a ``version_info`` (SotW) or ``initial_resource_versions`` (Delta) comes from a
+    proxy that holds configuration (a reconnect); without, from one just started, listeners and all gone."""
+    peers = []
+
+    def admit(stream_id: int, node: Any) -> None:
+        peers.append(current_peer())
+
+    cache = SnapshotCache()
+    cache.set(NODE, mesh("a"))
+    async with ads(cache, Callbacks(on_stream_open=admit)) as (_, port), client(port, delta=delta) as proxy:
+        if delta:
+            await proxy.delta(CDS, initial={"a": "1"} if holds else None)
+        else:
+            await proxy.request(CDS, version="1" if holds else "")
+        await proxy.recv(CDS)
+    assert peers[0] is not None and peers[0].resumes is resumes
+
+
 async def test_a_reconnecting_proxy_gets_its_config_again_and_the_old_stream_is_cleaned_up() -> None:
     cache, recorder = SnapshotCache(), Recorder()
     cache.set(NODE, mesh("a"))
