@@ -449,8 +449,11 @@ def service_views(config: ir.MeshConfig) -> dict[str, ServiceView]:
     Built with indexes, once per build.
     """
     deployments: dict[str, list[ir.Deployment]] = {}
+    shapes: dict[str, ir.Deployment] = {}  # looked up 20 times per service below: the memo once per deployment
     for deployment in config.deployments:
         deployments.setdefault(deployment.service, []).append(deployment)
+        shapes[deployment.key] = _shape(config, deployment)
+    services = {service.key: service for service in config.services}
     shared: dict[object, tuple[tuple[object, ...], object]] = {}
     views: dict[str, ServiceView] = {}
     ordered: dict[frozenset[str], tuple[str, ...]] = {}  # callee set → sorted: at call-all, one sort, not 1,000
@@ -466,8 +469,8 @@ def service_views(config: ir.MeshConfig) -> dict[str, ServiceView]:
         if group not in shared:
             called = [d for key in group[1] for d in deployments.get(key, ())]
             shared[group] = ((mesh, config.tcp_ports(service.mesh), externals,
-                              tuple(config.service(k) for k in group[1]), tuple(_shape(config, d) for d in called)),
-                             tuple((d.key, d.endpoints) for d in called))
+                              tuple([services.get(k) for k in group[1]]), tuple([shapes[d.key] for d in called])),
+                             tuple([(d.key, d.endpoints) for d in called]))
         plaintext = _plaintext(service, deployments.get(service.key, ()))
         inbound = (_inbound_shape(config, service), config.caller_addresses(service) if plaintext else None)
         views[service.key] = (group, shared[group][0], inbound, shared[group][1])

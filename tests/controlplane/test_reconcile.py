@@ -15,7 +15,7 @@ from meshplane.controlplane.build import BuildMemo, build
 from meshplane.controlplane.configdir import ConfigDir
 from meshplane.controlplane.model import ConditionStatus, Kind, ObjectKey
 from meshplane.controlplane.reconcile import Controller, Timing, settle
-from meshplane.controlplane.status import DataPlaneState
+from meshplane.controlplane.status import DataPlaneState, compute_status
 from tests import data
 from tests.controlplane.test_configdir import write, write_canary
 
@@ -558,6 +558,36 @@ def test_a_build_reusing_the_access_policies_gives_what_a_fresh_build_gives(tmp_
     source.sync()
     assert build(source.world, workloads, memo) == build(source.world, workloads)
     assert memo.access is not access
+
+
+
+def test_a_build_with_a_memo_reuses_a_deployment_only_while_its_spec_parent_and_workloads_stay(tmp_path: Path) -> None:
+    """A status write keeps the very deployment; a workload arriving, starting or a listener edit make a new
+    one. Each time the result is the fresh build's."""
+    write_canary(tmp_path)
+    source = ConfigDir(tmp_path)
+    source.sync()
+    memo = BuildMemo()
+    key = "shop/reviews-v1"
+
+    def deployment(workloads: list[ir.Workload], starting: frozenset[str] = frozenset()) -> ir.Deployment:
+        config, problems = build(source.world, workloads, memo, starting=starting)
+        assert (config, problems) == build(source.world, workloads, starting=starting)
+        found = config.deployment(key)
+        assert found is not None
+        return found
+
+    first = deployment([V1])
+    source.set_status(compute_status(source.world, now="2026-01-01T00:00:00Z"))
+    assert deployment([V1]) is first, "statuses written: the same deployment"
+    assert deployment([V1, V2]) is first, "another deployment's workload"
+    second = ir.Workload("reviews-v1-b", "shop/reviews-v1", "127.0.0.13", app_ports=V1.app_ports)
+    assert deployment([V1, second], frozenset({second.node_id})).starting == (second.address,)
+    doc = next(d for d in data.manifests("canary") if d["metadata"]["name"] == "reviews-v1")
+    doc["spec"]["listener"][0]["requestTimeoutInMs"] = 20000
+    write(tmp_path / "VirtualDeployment-reviews-v1.yaml", doc)
+    assert source.sync()
+    assert deployment([V1]).ports[0].request_timeout_ms == 20000
 
 
 def test_a_build_with_a_memo_keeps_the_services_a_change_does_not_touch(tmp_path: Path) -> None:

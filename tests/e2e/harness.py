@@ -15,6 +15,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -31,7 +32,7 @@ import yaml
 
 from meshplane.controlplane import procs
 from meshplane.controlplane.cli import main as cli
-from tests.envoyproc import Envoy, free_port, start_envoy
+from tests.envoyproc import Envoy, start_envoy
 
 
 def meshplane_exe() -> str:
@@ -39,6 +40,8 @@ def meshplane_exe() -> str:
     assert exe is not None, "the meshplane console script is not installed (pip install -e '.[test]')"
     return exe
 
+
+SERVING = re.compile(r"xDS on port (?P<xds>\d+), admin on port (?P<admin>\d+)")  # serve's log line
 
 @dataclass
 class Process:
@@ -91,17 +94,28 @@ class Mesh:
         os.replace(tmp, path)
 
     def start_control_plane(self, *extra: str) -> None:
-        self.xds_port, self.admin_port = free_port(), free_port()
+        """``meshplane serve`` on ports the kernel picks as it binds them (it logs them), until it is healthy.
+        A port picked beforehand and bound later could be taken in between by any outgoing connection."""
+        self.xds_port = self.admin_port = 0
         self._serve(extra)
 
     def _serve(self, extra: Sequence[str] = ()) -> None:
-        """``meshplane serve`` on this mesh's ports, until it reports healthy."""
+        """``meshplane serve`` on this mesh's ports (0: any), until it reports healthy."""
         self.serve_args = tuple(extra)
         command = [meshplane_exe(), "serve", "--config-dir", str(self.config_dir), "--state-dir", str(self.state_dir),
                    "--xds-address", f"127.0.0.1:{self.xds_port}", "--admin-address", f"127.0.0.1:{self.admin_port}",
                    *extra]
-        self._spawn("control-plane", command)
+        process = self._spawn("control-plane", command)
+        if not self.xds_port:
+            self.wait_for(lambda: self._bound_ports(process), 20, "the control plane to bind its ports")
         self.wait_for(lambda: self.admin("/healthz")[0] == 200, 20, "the control plane to become healthy")
+
+    def _bound_ports(self, process: Process) -> bool:
+        """Read the ports ``serve`` logged it bound; False until it has."""
+        found = SERVING.search(process.log.read_text(errors="replace"))
+        if found is not None:
+            self.xds_port, self.admin_port = int(found["xds"]), int(found["admin"])
+        return found is not None
 
     def stop_control_plane(self) -> None:
         for process in [p for p in self.processes if p.name == "control-plane"]:
