@@ -43,6 +43,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -137,6 +138,8 @@ class Controller(Generic[T]):
     _status_gap: float = 0.0  # the next pass waits this long after the last one began
     _status_timer: asyncio.TimerHandle | None = None
     _views: dict[Hashable, object] = field(default_factory=dict)
+    _groups: dict[str, object] = field(default_factory=dict)  # service key → its group in the views (service_views)
+    _views_of: ir.MeshConfig | None = None  # the configuration the views were made for
     _shapes: dict[str, tuple[ir.Deployment, ir.Deployment]] = field(default_factory=dict)  # key → it, its shape
     _leaving: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
     _trigger: asyncio.Event = field(default_factory=asyncio.Event)
@@ -258,7 +261,9 @@ class Controller(Generic[T]):
             self.build_seconds = time.perf_counter() - started
             await asyncio.sleep(0)  # between phases too: a long round must not hold streams and ACKs
             self._shapes = _keep_shapes(self.config, self._shapes)
-            self._views = self._mesh_views()
+            made_from, self._views_of = self._views_of, None  # until the views below are made
+            self._views = self._mesh_views(None if made_from is None else _touched(made_from, self.config))
+            self._views_of = self.config
         else:
             self.build_seconds = 0.0
         self.render_seconds, self.rendered, self.patched = 0.0, 0, 0
@@ -360,7 +365,7 @@ class Controller(Generic[T]):
         self._inputs[workload.node_id] = inputs
         await asyncio.sleep(0)  # a round renders many proxies: let streams, ACKs and keepalives run between them
 
-    def _mesh_views(self) -> dict[Hashable, object]:
+    def _mesh_views(self, touched: AbstractSet[str] | None = None) -> dict[Hashable, object]:
         """Per mesh (key ``mesh key``) and per virtual service, a version of what its proxies' configuration
         is made of: the same object as last round when the content is equal.
 
@@ -370,9 +375,18 @@ class Controller(Generic[T]):
         holds its outbound view's version, compared by identity; services that may call the same services
         share one outbound and one endpoints view); workloads then compare versions by identity, so a change
         re-renders only the proxies whose view it touched.
+
+        ``touched`` (:func:`_touched`), when known, holds the only services whose views may have changed since
+        the last round: the others keep theirs without being gathered again (at 1,000 services, gathering
+        them all was a third of a route edit's round).
         """
         previous = self._views
         views: dict[Hashable, object] = {}
+        if touched is not None:
+            for key in self._groups.keys() - touched:
+                group = self._groups[key]
+                for name in (("outbound", group), ("endpoints", group), *(kind + key for kind in _KINDS)):
+                    views[name] = previous[name]
 
         def version(key: Hashable, content: object) -> _View:
             old = previous.get(key)
@@ -385,12 +399,15 @@ class Controller(Generic[T]):
                 keys = {s.key for s in services}
                 version(mesh.key, (mesh, services, tuple(d for d in self.config.deployments if d.service in keys)))
         groups: dict[object, tuple[_View, _View]] = {}  # callee set → its versions, compared once per round
-        for key, (group, outbound, inbound, endpoints) in service_views(self.config).items():
+        kept = {} if touched is None else {key: self._groups[key] for key in self._groups.keys() - touched}
+        for key, (group, outbound, inbound, endpoints) in service_views(self.config, touched).items():
             if group not in groups:
                 groups[group] = (version(("outbound", group), outbound), version(("endpoints", group), endpoints))
             views[_OUTBOUND + key], views[_ENDPOINTS + key] = groups[group]
             version(_SERVICE + key, (groups[group][0], *inbound))
             version(_INBOUND + key, inbound)
+            kept[key] = group
+        self._groups = kept
         return views
 
     def outbound_view(self, workload: ir.Workload) -> object | None:
@@ -428,12 +445,45 @@ _SERVICE = "service "  # view keys of virtual services: never a mesh key (keys h
 _ENDPOINTS = "endpoints "  # view keys of the endpoints a virtual service's proxies may call
 _OUTBOUND = "outbound "  # view keys of what a virtual service's proxies may call, endpoints aside
 _INBOUND = "inbound "  # view keys of what a virtual service's proxies' inbound listeners are made of
+_KINDS = (_SERVICE, _ENDPOINTS, _OUTBOUND, _INBOUND)
+
+
+def _touched(old: ir.MeshConfig, new: ir.MeshConfig) -> frozenset[str] | None:
+    """The services whose views (:func:`service_views`) may differ between two consecutive builds, or None
+    when any may: meshes, gateways, the set of services or deployments, who may call whom, the TCP ports of a
+    mesh, or a workload changed. Otherwise only the changed services (the build keeps every unchanged
+    service and deployment as the very same object) and the services that may call them, by the callee
+    index, are touched: a route-table edit, a listener's timeout, a service's hosts or mode."""
+    if old.meshes != new.meshes or old.gateways != new.gateways or len(old.services) != len(new.services) \
+            or len(old.deployments) != len(new.deployments):
+        return None
+    changed: set[str] = set()
+    for before, after in zip(old.services, new.services, strict=True):
+        if before is not after:
+            if (before.key, before.mesh, before.identity, before.callers) != \
+                    (after.key, after.mesh, after.identity, after.callers):
+                return None
+            changed.add(after.key)
+    for was, now in zip(old.deployments, new.deployments, strict=True):
+        if was is not now:
+            if (was.key, was.service, was.endpoints, was.starting) != \
+                    (now.key, now.service, now.endpoints, now.starting):
+                return None
+            changed.add(now.service)
+    if any(old.tcp_ports(mesh.key) != new.tcp_ports(mesh.key) for mesh in new.meshes):
+        return None
+    touched = set(changed)
+    for service in new.services:
+        everyone, named = new.callees(service.mesh)
+        if not changed.isdisjoint(everyone) or not changed.isdisjoint(named.get(service.identity, ())):
+            touched.add(service.key)
+    return frozenset(touched)
 
 
 ServiceView = tuple[object, tuple[object, ...], tuple[object, ...], object]
 
 
-def service_views(config: ir.MeshConfig) -> dict[str, ServiceView]:
+def service_views(config: ir.MeshConfig, only: AbstractSet[str] | None = None) -> dict[str, ServiceView]:
     """Per virtual service key, everything its sidecars' translation reads besides their own deployment:
 
     * a group: the mesh, the services it may call and the external services its identity may reach.
@@ -446,7 +496,7 @@ def service_views(config: ir.MeshConfig) -> dict[str, ServiceView]:
       plaintext (RBAC by address);
     * endpoints: those of the deployments it may call, which only change load assignments.
 
-    Built with indexes, once per build.
+    Built with indexes, once per build; for the services in ``only``, if given.
     """
     deployments: dict[str, list[ir.Deployment]] = {}
     shapes: dict[str, ir.Deployment] = {}  # looked up 20 times per service below: the memo once per deployment
@@ -458,6 +508,8 @@ def service_views(config: ir.MeshConfig) -> dict[str, ServiceView]:
     views: dict[str, ServiceView] = {}
     ordered: dict[frozenset[str], tuple[str, ...]] = {}  # callee set → sorted: at call-all, one sort, not 1,000
     for service in config.services:
+        if only is not None and service.key not in only:
+            continue
         everyone, named = config.callees(service.mesh)  # what translation scopes the service's proxies by
         mesh = config.mesh(service.mesh)
         externals = tuple(e for e in mesh.egress if e.callers.admits(service.identity)) if mesh else ()

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from meshplane.controlplane import ir, state
 from meshplane.controlplane import reconcile as reconcile_module
@@ -265,6 +268,85 @@ def _client_mesh(folder: Path) -> None:
     policy["spec"]["rules"].append({"action": "ALLOW", "source": {"virtualService": {"ref": {"name": "client"}}},
                                     "destination": {"virtualService": {"ref": {"name": "reviews"}}}})
     write(folder / "AccessPolicy-shop-policy.yaml", policy)
+
+
+def _edit(folder: Path, name: str, change: Callable[[dict[str, Any]], object]) -> None:
+    """Rewrite one object's file of :func:`_client_mesh` with ``change`` applied to its document."""
+    path = folder / name
+    doc = yaml.safe_load(path.read_text())
+    change(doc)
+    write(path, doc)
+
+
+def test_views_kept_for_untouched_services_are_what_gathering_every_view_gives(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """After each change the views equal, by content, those a controller without history makes; the changes
+    a build keeps most objects through gather only the touched services' views (a route edit: reviews and
+    its caller), the others everything."""
+    _client_mesh(tmp_path)
+    ctl, _ = controller(tmp_path)
+    gathered: list[object] = []
+    real = reconcile_module.service_views
+
+    def recorded(config: ir.MeshConfig, only: object = None) -> Any:
+        gathered.append(only)
+        return real(config, only)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reconcile_module, "service_views", recorded)
+    client, late = ir.Workload("client-a", "shop/client-v1", "127.0.0.21"), ir.Workload("r-a", "shop/ratings-v1",
+                                                                                        "127.0.0.31")
+    policy = "AccessPolicy-shop-policy.yaml"
+    edits: list[tuple[str, Callable[[], object]]] = [
+        ("weights", lambda: _edit(tmp_path, "VirtualServiceRouteTable-reviews-canary.yaml", lambda d: d["spec"][
+            "routeRules"][0]["httpRoute"]["destinations"][0].update(weight=60))),
+        ("hosts", lambda: _edit(tmp_path, "VirtualService-reviews.yaml", lambda d: d["spec"].update(
+            hosts=["reviews.shop", "r.shop"]))),
+        ("mode", lambda: _edit(tmp_path, "VirtualService-reviews.yaml", lambda d: d["spec"].update(
+            mtls={"mode": "PERMISSIVE"}))),
+        ("uncalled", lambda: _edit(tmp_path, "VirtualService-ratings.yaml", lambda d: d["spec"].update(
+            hosts=["ratings.other"]))),
+        ("listener", lambda: _edit(tmp_path, "VirtualDeployment-reviews-v1.yaml", lambda d: d["spec"]["listener"][
+            0].update(requestTimeoutInMs=20000))),
+        ("policy", lambda: _edit(tmp_path, policy, lambda d: d["spec"]["rules"].append({
+            "action": "ALLOW", "source": {"virtualService": {"ref": {"name": "client"}}},
+            "destination": {"virtualService": {"ref": {"name": "ratings"}}}}))),
+        ("workload", lambda: arrive(ctl, late)),
+        ("starting", lambda: ctl.connect(ir.Workload("client-b", "shop/client-v1", "127.0.0.22"))),
+    ]
+
+    def unwrap(value: object) -> object:  # a view holds others (compared by identity): their contents
+        if hasattr(value, "content"):
+            return unwrap(value.content)
+        return tuple(unwrap(item) for item in value) if isinstance(value, tuple) else value
+
+    def contents(views: dict[Any, object]) -> dict[Any, object]:
+        return {key: unwrap(view) for key, view in views.items()}
+
+    async def fresh_views() -> dict[Any, object]:
+        other, _ = controller(tmp_path)
+        for workload in ctl.workloads.values():
+            other.connect(workload)
+            if workload.node_id not in ctl.starting:
+                other.configured(workload.node_id)
+        await other.reconcile()
+        return contents(other._views)
+
+    async def scenario() -> list[object]:
+        arrive(ctl, V1, V2, client)
+        await ctl.reconcile()
+        scopes = []
+        for what, edit in edits:
+            edit()
+            gathered.clear()
+            await ctl.reconcile()
+            assert contents(ctl._views) == await fresh_views(), what
+            scopes.append(gathered[0])
+        return scopes
+
+    scopes = asyncio.run(scenario())
+    assert scopes[0] == {"shop/reviews", "shop/client"}, "a route edit: the service and its caller"
+    assert scopes[3] == {"shop/ratings"}, "nobody calls ratings"
+    assert scopes[5:] == [None, None, None], "who may call whom, or a workload: every service"
 
 
 def test_a_route_change_keeps_every_inbound_view_and_a_mode_change_does_not(tmp_path: Path) -> None:
