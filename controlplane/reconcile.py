@@ -42,12 +42,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
-from typing import Generic, TypeVar
+from operator import attrgetter
+from typing import Any, Generic, TypeVar
 
 from meshplane.controlplane import ir
 from meshplane.controlplane.build import BuildMemo, build
@@ -457,27 +458,32 @@ def _touched(old: ir.MeshConfig, new: ir.MeshConfig) -> frozenset[str] | None:
     if old.meshes != new.meshes or old.gateways != new.gateways or len(old.services) != len(new.services) \
             or len(old.deployments) != len(new.deployments):
         return None
-    changed: set[str] = set()
-    for before, after in zip(old.services, new.services, strict=True):
-        if before is not after:
-            if (before.key, before.mesh, before.identity, before.callers) != \
-                    (after.key, after.mesh, after.identity, after.callers):
-                return None
-            changed.add(after.key)
-    for was, now in zip(old.deployments, new.deployments, strict=True):
-        if was is not now:
-            if (was.key, was.service, was.endpoints, was.starting) != \
-                    (now.key, now.service, now.endpoints, now.starting):
-                return None
-            changed.add(now.service)
+    services = _owners(old.services, new.services, attrgetter("key", "mesh", "identity", "callers"), "key")
+    deployments = _owners(old.deployments, new.deployments, attrgetter("key", "service", "endpoints", "starting"),
+                          "service")
+    if services is None or deployments is None:
+        return None
     if any(old.tcp_ports(mesh.key) != new.tcp_ports(mesh.key) for mesh in new.meshes):
         return None
+    changed = services | deployments
     touched = set(changed)
     for service in new.services:
         everyone, named = new.callees(service.mesh)
         if not changed.isdisjoint(everyone) or not changed.isdisjoint(named.get(service.identity, ())):
             touched.add(service.key)
     return frozenset(touched)
+
+
+def _owners(old: Sequence[Any], new: Sequence[Any], forcing: Callable[[Any], object], owner: str) -> set[str] | None:
+    """The services (by the ``owner`` attribute) of the items of ``new`` that are not the very objects of
+    ``old`` at the same place; None when one differs in what ``forcing`` reads (then every view may)."""
+    found: set[str] = set()
+    for was, now in zip(old, new, strict=True):
+        if was is not now:
+            if forcing(was) != forcing(now):
+                return None
+            found.add(getattr(now, owner))
+    return found
 
 
 ServiceView = tuple[object, tuple[object, ...], tuple[object, ...], object]

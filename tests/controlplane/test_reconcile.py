@@ -785,6 +785,27 @@ def test_an_edit_refused_while_a_change_is_applied_passes_once_the_proxies_ackno
     assert asyncio.run(scenario()) == (True, "/", "/v2")
 
 
+async def edit_after_acks(ctl: Controller[Rendered], said: dict[ObjectKey, DataPlaneState], keys: list[ObjectKey],
+                          folder: Path) -> None:
+    """Proxies are behind on ``keys`` and a status pass records it; the loop runs, they ACK (the status pass
+    that would record it waits for ``status_every``), then the route table's path is edited to /v2."""
+    await connect_both(ctl)
+    for key in keys:
+        said[key] = DataPlaneState(ConditionStatus.UNKNOWN, "waiting for proxy reviews-v1-a to acknowledge")
+    ctl.update_status()
+    task = asyncio.create_task(ctl.run())
+    for key in keys:
+        said[key] = DataPlaneState(ConditionStatus.TRUE, "")
+    ctl.poke_status()  # the ACKs
+    await asyncio.sleep(0.1)
+    write_canary(folder, path="/v2")
+    ctl.poke()  # what serve's watch does when a file changed
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 def test_an_edit_is_not_refused_on_statuses_that_lag_behind_the_acks(tmp_path: Path) -> None:
     """The proxies have ACKed but the paced status pass has not run yet: the round that reads the edit brings
     the statuses up to date and lets it pass, instead of refusing it until the next pass (here 10 s away)."""
@@ -792,19 +813,7 @@ def test_an_edit_is_not_refused_on_statuses_that_lag_behind_the_acks(tmp_path: P
     table = TABLE
 
     async def scenario() -> tuple[object, int]:
-        await connect_both(ctl)
-        said[table] = DataPlaneState(ConditionStatus.UNKNOWN, "waiting for proxy reviews-v1-a to acknowledge")
-        ctl.update_status()
-        task = asyncio.create_task(ctl.run())
-        said[table] = DataPlaneState(ConditionStatus.TRUE, "")
-        ctl.poke_status()  # the ACK: its status pass waits for status_every
-        await asyncio.sleep(0.1)
-        write_canary(tmp_path, path="/v2")
-        ctl.poke()  # what serve's poll does when a file changed
-        await asyncio.sleep(0.2)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await edit_after_acks(ctl, said, [table], tmp_path)
         obj = ctl.source.world.get(table)
         assert obj is not None
         return obj.spec.route_rules[0].http_route.path, len(ctl.source.rejected)
@@ -825,20 +834,7 @@ def test_the_pass_that_lets_an_edit_through_covers_only_what_the_gate_reads(tmp_
         return next(c.status.value for c in obj.status.conditions if c.type.value == "ServiceMeshActive")
 
     async def scenario() -> tuple[object, str, str]:
-        await connect_both(ctl)
-        behind = DataPlaneState(ConditionStatus.UNKNOWN, "waiting for proxy reviews-v1-a to acknowledge")
-        said[TABLE] = said[other] = behind
-        ctl.update_status()
-        task = asyncio.create_task(ctl.run())
-        said[TABLE] = said[other] = DataPlaneState(ConditionStatus.TRUE, "")
-        ctl.poke_status()  # the ACKs: their status pass waits for status_every
-        await asyncio.sleep(0.1)
-        write_canary(tmp_path, path="/v2")
-        ctl.poke()
-        await asyncio.sleep(0.2)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await edit_after_acks(ctl, said, [TABLE, other], tmp_path)
         obj = ctl.source.world.get(TABLE)
         assert obj is not None
         return obj.spec.route_rules[0].http_route.path, active(TABLE), active(other)
